@@ -1,0 +1,44 @@
+"""The one error type for bad input anywhere in fa-pool.
+
+Every part (CLI flags, spec files, plan files, profiles, the store) raises
+``InputError(field, problem)``; the CLI prints it as one line on stderr and exits 2.
+It lives in calibration because that is the lowest layer: planner and executor import it.
+"""
+
+
+class InputError(ValueError):
+    """Bad user input: names the field and what is wrong with it."""
+
+    def __init__(self, field: str, problem: str):
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+def require(condition: bool, field: str, problem: str) -> None:
+    """Raise InputError(field, problem) unless condition holds."""
+    if not condition:
+        raise InputError(field, problem)
+
+
+def positive_int(value, field: str) -> int:
+    """Return value as an int > 0, or raise InputError naming field."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise InputError(field, f"must be a positive integer, got {value!r}")
+    if value <= 0:
+        raise InputError(field, f"must be a positive integer, got {value}")
+    return value
+
+
+def positive_float(value, field: str) -> float:
+    """Return value as a float > 0, or raise InputError naming field."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(field, f"must be a positive number, got {value!r}") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise InputError(field, f"must be a positive finite number, got {value!r}")
+    return number

@@ -1,0 +1,247 @@
+"""Hardware profile: device peaks, fitted cost curves (with covariance) and links.
+
+A profile is a YAML file (schema 1)::
+
+    schema: 1
+    name: dgx-a100
+    description: ...
+    device: {name, peak_flops, hbm_bytes, hbm_bandwidth}
+    curves:                       # one per operator family: gemm, attention, memory
+      gemm:
+        params: {efficiency_max: 0.74, half_tokens: 30.0, ...}   # calibration.curves
+        std: {efficiency_max: 0.02, ...}                         # optional
+        cov: [[...], ...]        # optional, in curves.GEMM_PARAMS order
+        rmse_rel: 0.07           # relative RMS error of the fit on its points
+        points: 14
+        sources: ["hardware.md: vidur mlp.csv (D)", ...]
+    links:                        # nvlink / ib / loopback ...
+      nvlink:
+        peak_bandwidth: 300.0e9   # bytes/s per GPU, one direction (datasheet)
+        params: {latency_s: 1.1e-5, efficiency: 0.77}
+        std, cov, rmse_rel, points, sources: as above
+    provenance: {...}             # free-form: runs, files, tool versions
+
+Loading validates everything and raises InputError naming the field.  ``sample`` draws a
+profile from the fitted parameter distribution (for prediction intervals).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from calibration import curves
+from calibration.errors import InputError, positive_float, require
+
+SCHEMA = 1
+DATA_DIR = Path(__file__).parent / "data"
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Fitted parameters of one family, their uncertainty and the fit's error."""
+
+    family: str
+    params: dict
+    std: dict = field(default_factory=dict)
+    cov: tuple | None = None          # square matrix, family parameter order
+    rmse_rel: float | None = None
+    points: int = 0
+    sources: tuple = ()
+
+    def __post_init__(self):
+        where = f"curves.{self.family}" if self.family != "link" else "links"
+        names = curves.FAMILY_PARAMS[self.family]
+        for name in names:
+            require(name in self.params, f"{where}.params.{name}", "missing")
+            value = self.params[name]
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                    f"{where}.params.{name}", f"must be a finite number >= 0, got {value!r}")
+            if name in curves.FRACTION_PARAMS:
+                require(0 < value <= 1, f"{where}.params.{name}",
+                        f"is a fraction of a peak and must lie in (0, 1], got {value}")
+        extra = set(self.params) - set(names)
+        require(not extra, f"{where}.params", f"unknown parameters {sorted(extra)}")
+        if self.cov is not None:
+            matrix = np.asarray(self.cov, dtype=float)
+            require(matrix.shape == (len(names), len(names)), f"{where}.cov",
+                    f"must be {len(names)}x{len(names)} in order {list(names)}")
+
+    @property
+    def names(self) -> tuple:
+        return curves.FAMILY_PARAMS[self.family]
+
+    def sample(self, rng: np.random.Generator) -> "Curve":
+        """A draw of the parameters from N(params, cov) (or independent std), clipped to
+        their valid ranges.  Without uncertainty the curve is returned unchanged."""
+        mean = np.array([self.params[n] for n in self.names], dtype=float)
+        if self.cov is not None:
+            draw = rng.multivariate_normal(mean, np.asarray(self.cov, dtype=float),
+                                           check_valid="ignore")
+        elif self.std:
+            draw = mean + rng.standard_normal(len(mean)) * np.array(
+                [self.std.get(n, 0.0) for n in self.names])
+        else:
+            return self
+        params = {}
+        for name, value in zip(self.names, draw):
+            low = 1e-3 * self.params[name] if self.params[name] > 0 else 0.0
+            value = max(float(value), low)
+            if name in curves.FRACTION_PARAMS:
+                value = min(value, 1.0)
+            params[name] = value
+        return replace(self, params=params)
+
+    def to_dict(self) -> dict:
+        out = {"params": {k: float(v) for k, v in self.params.items()}}
+        if self.std:
+            out["std"] = {k: float(v) for k, v in self.std.items()}
+        if self.cov is not None:
+            out["cov"] = [[float(x) for x in row] for row in self.cov]
+        if self.rmse_rel is not None:
+            out["rmse_rel"] = float(self.rmse_rel)
+        out["points"] = int(self.points)
+        if self.sources:
+            out["sources"] = list(self.sources)
+        return out
+
+
+@dataclass(frozen=True)
+class Link:
+    """An interconnect: datasheet peak (bytes/s per GPU or NIC, one direction) + fit."""
+
+    name: str
+    peak_bandwidth: float
+    curve: Curve
+
+    def time(self, kind: str, payload: float, ranks: int, lanes: int = 1) -> float:
+        """Collective time over `lanes` parallel copies of this link (e.g. NICs of a node)."""
+        return curves.collective_time(self.curve.params, self.peak_bandwidth * lanes, kind,
+                                      payload, ranks)
+
+    def floor(self, kind: str, payload: float, ranks: int, lanes: int = 1) -> float:
+        return curves.floor_collective(self.peak_bandwidth * lanes, kind, payload, ranks)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything the cost model needs to know about one kind of machine."""
+
+    name: str
+    device: curves.Device
+    gemm: Curve
+    attention: Curve
+    memory: Curve
+    links: dict                      # name -> Link
+    description: str = ""
+    provenance: dict = field(default_factory=dict)
+
+    def link(self, name: str) -> Link:
+        if name not in self.links:
+            raise InputError("profile.links", f"profile {self.name!r} has no link {name!r}; "
+                             f"it has {sorted(self.links)}")
+        return self.links[name]
+
+    def sample(self, rng: np.random.Generator) -> "Profile":
+        """A profile whose fitted parameters are one draw from their uncertainty."""
+        links = {n: replace(l, curve=l.curve.sample(rng)) for n, l in self.links.items()}
+        return replace(self, gemm=self.gemm.sample(rng), attention=self.attention.sample(rng),
+                       memory=self.memory.sample(rng), links=links)
+
+    @property
+    def has_uncertainty(self) -> bool:
+        parts = [self.gemm, self.attention, self.memory] + [l.curve for l in self.links.values()]
+        return any(c.cov is not None or c.std for c in parts)
+
+    # ------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict:
+        d = self.device
+        return {
+            "schema": SCHEMA,
+            "name": self.name,
+            "description": self.description,
+            "device": {"name": d.name, "peak_flops": float(d.peak_flops),
+                       "hbm_bytes": float(d.hbm_bytes), "hbm_bandwidth": float(d.hbm_bandwidth)},
+            "curves": {c.family: c.to_dict() for c in (self.gemm, self.attention, self.memory)},
+            "links": {n: {"peak_bandwidth": float(l.peak_bandwidth), **l.curve.to_dict()}
+                      for n, l in self.links.items()},
+            "provenance": self.provenance,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Profile":
+        require(isinstance(raw, dict), "profile", "must be a YAML mapping")
+        require(raw.get("schema") == SCHEMA, "profile.schema",
+                f"must be {SCHEMA}, got {raw.get('schema')!r}")
+        require(isinstance(raw.get("name"), str) and raw["name"], "profile.name", "missing")
+        dev = raw.get("device")
+        require(isinstance(dev, dict), "profile.device", "missing or not a mapping")
+        device = curves.Device(
+            name=str(dev.get("name", "unknown")),
+            peak_flops=positive_float(dev.get("peak_flops"), "profile.device.peak_flops"),
+            hbm_bytes=positive_float(dev.get("hbm_bytes"), "profile.device.hbm_bytes"),
+            hbm_bandwidth=positive_float(dev.get("hbm_bandwidth"),
+                                         "profile.device.hbm_bandwidth"),
+        )
+        fams = raw.get("curves")
+        require(isinstance(fams, dict), "profile.curves", "missing or not a mapping")
+        parsed = {}
+        for family in ("gemm", "attention", "memory"):
+            require(isinstance(fams.get(family), dict), f"profile.curves.{family}", "missing")
+            parsed[family] = _curve(family, fams[family], f"profile.curves.{family}")
+        links_raw = raw.get("links")
+        require(isinstance(links_raw, dict) and links_raw, "profile.links", "missing or empty")
+        links = {}
+        for name, body in links_raw.items():
+            require(isinstance(body, dict), f"profile.links.{name}", "not a mapping")
+            peak = positive_float(body.get("peak_bandwidth"),
+                                  f"profile.links.{name}.peak_bandwidth")
+            links[name] = Link(name, peak, _curve("link", body, f"profile.links.{name}"))
+        return cls(name=raw["name"], device=device, links=links,
+                   description=str(raw.get("description", "")),
+                   provenance=raw.get("provenance") or {}, **parsed)
+
+
+def _curve(family: str, body: dict, where: str) -> Curve:
+    params = body.get("params")
+    require(isinstance(params, dict), f"{where}.params", "missing or not a mapping")
+    try:
+        return Curve(family=family, params=dict(params), std=dict(body.get("std") or {}),
+                     cov=body.get("cov"), rmse_rel=body.get("rmse_rel"),
+                     points=int(body.get("points", 0)), sources=tuple(body.get("sources", ())))
+    except InputError as err:  # re-anchor the field under this profile path
+        raise InputError(err.field.replace(f"curves.{family}" if family != "link" else "links",
+                                           where, 1), err.problem) from None
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """A shipped profile by name (``dgx-a100``) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        shipped = DATA_DIR / f"{name_or_path}.yaml"
+        if shipped.exists():
+            path = shipped
+        else:
+            known = sorted(p.stem for p in DATA_DIR.glob("*.yaml"))
+            raise InputError("profile", f"unknown profile {str(name_or_path)!r}; "
+                             f"known: {known}, or give a path to a .yaml file")
+    if not path.is_file():
+        raise InputError("profile", f"no such file: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise InputError("profile", f"{path} is not valid YAML ({type(err).__name__})") from None
+    return Profile.from_dict(raw)
+
+
+def save_profile(profile: Profile, path: str | Path) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a profile."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(profile.to_dict(), sort_keys=False))
+    tmp.replace(path)
