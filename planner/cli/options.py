@@ -1,0 +1,105 @@
+"""Flags shared by `simulate`, `run`, `plan`: each option's help text lives here, once."""
+
+from __future__ import annotations
+
+import argparse
+
+from calibration.errors import InputError
+from planner.cluster import ClusterSpec, resolve_cluster
+from planner.model import ModelSpec, resolve_model
+from planner.strategy import DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy, Strategy
+from planner.workload import DEFAULT_OUTPUT_LEN, PAPER_BATCH, Workload
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def add_model_options(p: argparse.ArgumentParser, default_model: str = "paper-4l") -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=default_model,
+                   help="preset (paper-4l, llama-2-7b, ..., tiny) or path to a HF config.json "
+                        f"(default {default_model})")
+    for name, what in (("layers", "transformer layers"), ("hidden", "hidden size"),
+                       ("heads", "attention heads"), ("kv-heads", "K/V heads (GQA)"),
+                       ("head-dim", "head dimension"), ("ffn", "FFN inner size"),
+                       ("vocab", "vocabulary size")):
+        g.add_argument(f"--{name}", type=_int, default=None, help=f"override the model's {what}")
+
+
+def add_cluster_options(p: argparse.ArgumentParser, default_cluster: str = "dgx-a100") -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--cluster", default=default_cluster,
+                   help=f"cluster preset: dgx-a100, dgx-h100, local (default {default_cluster})")
+    g.add_argument("--nodes", type=_int, default=None, help="override the preset's node count")
+    g.add_argument("--profile", default=None,
+                   help="hardware profile name or YAML path (default: the cluster's own)")
+
+
+def add_workload_options(p: argparse.ArgumentParser, default_seq: int = 16384) -> None:
+    g = p.add_argument_group("workload")
+    g.add_argument("--batch", type=_int, default=PAPER_BATCH,
+                   help=f"sequences per batch (default {PAPER_BATCH}, the paper's)")
+    g.add_argument("--seq-len", type=_int, default=default_seq,
+                   help=f"input (prompt) tokens per sequence (default {default_seq})")
+    g.add_argument("--output-len", type=_int, default=DEFAULT_OUTPUT_LEN,
+                   help=f"generated tokens per sequence (default {DEFAULT_OUTPUT_LEN}; "
+                        "the paper gives none)")
+
+
+def add_strategy_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("strategy")
+    g.add_argument("--strategy", choices=("static", "fapool"), default="fapool",
+                   help="static TP x PP, or FA Pool (default fapool)")
+    g.add_argument("--tp", type=_int, default=8,
+                   help="tensor-parallel degree: of each stage (static) or the base group "
+                        "(fapool) (default 8)")
+    g.add_argument("--pp", type=_int, default=2, help="pipeline stages, static only (default 2)")
+    g.add_argument("--microbatches", type=_int, default=None,
+                   help="micro-batches per batch (default: smallest count whose activations fit)")
+    g.add_argument("--threshold", type=_int, default=4096,
+                   help="sequence length at which the pool is activated (default 4096)")
+    g.add_argument("--pool-gpus", type=_int, default=None,
+                   help="fixed pool size (default: the rule min(ceil(seq/T), M))")
+    g.add_argument("--tokens-per-pool-gpu", type=_int, default=512,
+                   help="T in the pool rule (default 512)")
+    g.add_argument("--max-pool", type=_int, default=32, help="M in the pool rule (default 32)")
+    g.add_argument("--decode-kv", choices=DECODE_KV_PLACEMENTS, default="split-batch",
+                   help="where the pool keeps the K/V cache in decode (default split-batch)")
+    g.add_argument("--balanced", action="store_true",
+                   help="head-tail causal load balancing of the pool's Q blocks")
+
+
+def model_from_args(args) -> ModelSpec:
+    return resolve_model(args.model).with_overrides(
+        layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
+        head_dim=args.head_dim, ffn=args.ffn, vocab=args.vocab)
+
+
+def cluster_from_args(args) -> ClusterSpec:
+    return resolve_cluster(args.cluster, nodes=args.nodes, profile=args.profile)
+
+
+def workload_from_args(args) -> Workload:
+    return Workload(batch=args.batch, input_len=args.seq_len, output_len=args.output_len)
+
+
+def strategy_from_args(args) -> Strategy:
+    if args.strategy == "static":
+        return StaticStrategy(tp=args.tp, pp=args.pp, microbatches=args.microbatches)
+    if args.strategy == "fapool":
+        return FAPoolStrategy(base_tp=args.tp, threshold=args.threshold,
+                              tokens_per_pool_gpu=args.tokens_per_pool_gpu,
+                              max_pool=args.max_pool, pool_gpus=args.pool_gpus,
+                              decode_kv=args.decode_kv, microbatches=args.microbatches,
+                              balanced=args.balanced)
+    raise InputError("--strategy", f"unknown strategy {args.strategy!r}")
+
+
+def specs_from_args(args):
+    """(model, cluster, strategy, workload) from the shared flags, all validated."""
+    return (model_from_args(args), cluster_from_args(args), strategy_from_args(args),
+            workload_from_args(args))
