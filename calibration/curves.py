@@ -39,6 +39,7 @@ COLLECTIVE_FACTORS = {
     "gather": lambda n: (n - 1) / n,
     "scatter": lambda n: (n - 1) / n,
     "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
     "send_recv": lambda n: 1.0,
 }
 

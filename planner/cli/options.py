@@ -11,6 +11,10 @@ from planner.strategy import DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrateg
 from planner.workload import DEFAULT_OUTPUT_LEN, PAPER_BATCH, Workload
 
 
+class Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the example epilogs' line breaks."""
+
+
 def _int(text: str) -> int:
     try:
         return int(text)

@@ -1,0 +1,139 @@
+"""Memory per GPU and per role: weights, K/V cache, activations, workspace.
+
+Sizes in bytes.  Weights follow Megatron TP sharding (vocab-parallel embedding and LM head);
+K/V heads are split across TP ranks, replicated when TP exceeds the K/V head count.
+FA Pool keeps the decode K/V cache on the pool (decode_kv placement) and, during prefill,
+holds one micro-batch's K/V of one layer replicated on every pool GPU (paper 1.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.model import ModelSpec
+from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
+from planner.workload import Workload
+
+GIB = 1024 ** 3
+# CUDA context, NCCL buffers, allocator slack: 1 GiB plus 5% of capacity (a rule of thumb;
+# vLLM reserves 10% by default with gpu_memory_utilization=0.9).
+WORKSPACE_FIXED = 1 * GIB
+WORKSPACE_FRACTION = 0.05
+MICROBATCHES_IN_FLIGHT = 2   # one computing, one waiting / overlapped
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    weights: float
+    kv_cache: float
+    activations: float
+    workspace: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.kv_cache + self.activations + self.workspace
+
+    def to_gb(self) -> dict:
+        return {k: round(v / 1e9, 3) for k, v in
+                (("weights", self.weights), ("kv_cache", self.kv_cache),
+                 ("activations", self.activations), ("workspace", self.workspace),
+                 ("total", self.total))}
+
+
+def workspace(capacity: float) -> float:
+    return WORKSPACE_FIXED + WORKSPACE_FRACTION * capacity
+
+
+def kv_shards(model: ModelSpec, tp: int) -> int:
+    """Ways the K/V heads split across TP ranks (replicated beyond kv_heads)."""
+    return min(tp, model.kv_heads)
+
+
+def weights_bytes(model: ModelSpec, tp: int, layers: int, embedding: bool, head: bool) -> float:
+    params = layers * model.layer_params / tp
+    params += (model.embedding_params / tp if embedding else 0)
+    params += (model.embedding_params / tp + model.hidden if head else 0)
+    return params * model.dtype_bytes
+
+
+def activation_bytes(model: ModelSpec, tp: int, tokens: int, seqs: int) -> float:
+    """Live activations of one micro-batch in one layer on a TP rank: residual, norm output,
+    QKV shard, attention output shard, FFN intermediate (and its activation), and fp32
+    last-token logits (gpt-fast keeps the same set)."""
+    per_token = (3 * model.hidden + (model.q_width + 2 * model.kv_width) / tp
+                 + model.q_width / tp + 2 * model.ffn_in_width / tp)
+    logits = seqs * model.vocab / tp * 4
+    return tokens * per_token * model.dtype_bytes + logits
+
+
+def pool_kv_bytes(model: ModelSpec, strategy: FAPoolStrategy, wl: Workload, pool: int) -> float:
+    """Decode K/V cache held by one pool GPU, all layers, at the end of generation."""
+    context = wl.input_len + wl.output_len
+    per_token = model.kv_bytes_per_token()
+    if strategy.decode_kv == "split-batch":
+        return math.ceil(wl.batch / pool) * context * per_token
+    if strategy.decode_kv == "split-seq":
+        return wl.batch * math.ceil(context / pool) * per_token
+    return wl.batch * context * per_token  # replicated
+
+
+def role_memory(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float,
+                microbatches: int) -> dict:
+    """MemoryBreakdown per role ('base'; 'pool' when a pool is active) for the worst GPU."""
+    mb_seqs = math.ceil(wl.batch / microbatches)
+    mb_tokens = mb_seqs * wl.input_len
+    context = wl.input_len + wl.output_len
+    ws = workspace(capacity)
+    if isinstance(strategy, StaticStrategy):
+        tp, pp = strategy.tp, strategy.pp
+        layers = math.ceil(model.layers / pp)        # the first stages take the extra layer
+        worst = max(weights_bytes(model, tp, layers, True, pp == 1),
+                    weights_bytes(model, tp, model.layers - (pp - 1) * (model.layers // pp),
+                                  pp == 1, True))
+        kv = wl.batch * context * model.kv_bytes_per_token(layers) / kv_shards(model, tp)
+        act = MICROBATCHES_IN_FLIGHT * activation_bytes(model, tp, mb_tokens, mb_seqs)
+        return {"base": MemoryBreakdown(worst, kv, act, ws)}
+    tp = strategy.base_tp
+    pool = strategy.pool_size(wl.input_len)
+    weights = weights_bytes(model, tp, model.layers, True, True)
+    act = MICROBATCHES_IN_FLIGHT * activation_bytes(model, tp, mb_tokens, mb_seqs)
+    if pool == 0:
+        kv = wl.batch * context * model.kv_bytes_per_token() / kv_shards(model, tp)
+        return {"base": MemoryBreakdown(weights, kv, act, ws)}
+    # Base keeps no K/V cache (the pool does).  A pool GPU: its decode cache, plus during
+    # prefill one layer's replicated K/V of the micro-batches in flight, its Q and O blocks.
+    block = math.ceil(wl.input_len / pool)
+    transient = MICROBATCHES_IN_FLIGHT * mb_seqs * (
+        wl.input_len * model.kv_bytes_per_token(1)
+        + 2 * block * model.q_width * model.dtype_bytes)
+    pool_mem = MemoryBreakdown(0.0, pool_kv_bytes(model, strategy, wl, pool), transient, ws)
+    return {"base": MemoryBreakdown(weights, 0.0, act, ws), "pool": pool_mem}
+
+
+def fits(breakdowns: dict, capacity: float) -> list:
+    """Reasons (strings) the plan does not fit; empty when it does."""
+    reasons = []
+    for role, mem in breakdowns.items():
+        if mem.total > capacity:
+            reasons.append(
+                f"{role} GPU needs {mem.total / 1e9:.1f} GB > {capacity / 1e9:.1f} GB "
+                f"(weights {mem.weights / 1e9:.1f}, K/V {mem.kv_cache / 1e9:.1f}, "
+                f"activations {mem.activations / 1e9:.1f}, workspace {mem.workspace / 1e9:.1f})")
+    return reasons
+
+
+def choose_microbatches(model: ModelSpec, strategy: Strategy, wl: Workload,
+                        capacity: float) -> int:
+    """The strategy's micro-batch count, or the smallest power of two (at least 2 so that
+    pipeline stages / base and pool overlap) whose activations fit; capped at the batch."""
+    if strategy.microbatches is not None:
+        return min(strategy.microbatches, wl.batch)
+    count = min(2 if wl.batch >= 2 else 1, wl.batch)
+    if isinstance(strategy, StaticStrategy):
+        count = min(max(count, strategy.pp), wl.batch)
+    while count < wl.batch:
+        if not fits(role_memory(model, strategy, wl, capacity, count), capacity):
+            break
+        count = min(count * 2, wl.batch)
+    return count

@@ -1,0 +1,112 @@
+"""simpy machinery: compute units and links as resources, ops as timed holds.
+
+A *unit* is what executes in lockstep: a TP group (all its ranks run the same kernel at the
+same time) or a single pool GPU.  Each unit has a compute stream and an NVLink port
+("nvl:<unit>"); each node has its NICs ("nic:<node>").  An op holds the resources it uses
+for its duration (a link is a resource plus a delay, as in SimPy's examples), so concurrent
+transfers on one port or NIC queue behind each other and overlap only where hardware can.
+Resources are always requested in sorted order, so ops holding several never deadlock, and
+waiting ops are served earliest micro-batch first (the in-order schedule of GPipe-style
+inference), so micro-batches finish one after another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import simpy
+
+from planner.costs import OpCost
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    role: str          # "base" (TP group / pipeline stage) or "pool"
+    ranks: tuple
+    nodes: tuple
+    port: str = ""     # its NVLink port resource; pool GPUs share one ("nvl:pool"), as
+                       # every transfer to or from the pool involves all of them at once
+
+    @property
+    def link(self) -> str:
+        return self.port or f"nvl:{self.name}"
+
+
+@dataclass
+class Event:
+    """One op as it ran: unit(s), start, end (seconds of simulated time)."""
+
+    name: str
+    kind: str          # "compute" | "comm"
+    units: tuple
+    start: float
+    end: float
+    microbatch: int
+    layer: int
+    phase: str
+
+
+@dataclass
+class Machine:
+    env: simpy.Environment
+    units: dict                          # name -> Unit
+    phase: str = "prefill"
+    record: bool = True
+    events: list = field(default_factory=list)
+    busy: dict = field(default_factory=dict)     # (phase, unit) -> compute seconds
+    comm_time: dict = field(default_factory=dict)    # phase -> seconds of comm ops
+    op_time: dict = field(default_factory=dict)      # phase -> seconds of all ops
+    resources: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for unit in self.units.values():
+            self.resources[unit.name] = simpy.PriorityResource(self.env, capacity=1)
+            self.resources.setdefault(unit.link, simpy.PriorityResource(self.env, capacity=1))
+            for node in unit.nodes:
+                self.resources.setdefault(f"nic:{node}",
+                                          simpy.PriorityResource(self.env, capacity=1))
+
+    def link_resources(self, unit_names) -> list:
+        """NVLink ports of the units, plus the NICs of their nodes if they span nodes."""
+        names = sorted({self.units[u].link for u in unit_names})
+        nodes = sorted({n for u in unit_names for n in self.units[u].nodes})
+        if len(nodes) > 1:
+            names += [f"nic:{n}" for n in nodes]
+        return names
+
+    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1, step: int = 0):
+        """Process: hold the op's resources for op.seconds (compute: the units' streams;
+        comm: their links).  Queued requests are served by (step, micro-batch)."""
+        if op.seconds <= 0:
+            return
+        unit_names = tuple(unit_names)
+        held = (list(unit_names) if op.kind == "compute" else self.link_resources(unit_names))
+        requests = []
+        for name in sorted(held):
+            req = self.resources[name].request(priority=step * 1_000_000 + mb)
+            yield req
+            requests.append((name, req))
+        start = self.env.now
+        yield self.env.timeout(op.seconds)
+        for name, req in requests:
+            self.resources[name].release(req)
+        self._account(op, unit_names, start, mb, layer)
+
+    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1, step: int = 0):
+        """Process: ops one after the other on the same units."""
+        for op in ops:
+            yield from self.run(op, unit_names, mb, layer, step)
+
+    def _account(self, op: OpCost, unit_names: tuple, start: float, mb: int, layer: int):
+        phase = self.phase
+        self.op_time[phase] = self.op_time.get(phase, 0.0) + op.seconds
+        if op.kind == "comm":
+            self.comm_time[phase] = self.comm_time.get(phase, 0.0) + op.seconds
+        else:
+            for u in unit_names:
+                key = (phase, u)
+                self.busy[key] = self.busy.get(key, 0.0) + op.seconds
+        if self.record:
+            self.events.append(Event(op.name, op.kind, unit_names, start, self.env.now, mb,
+                                     layer, phase))
