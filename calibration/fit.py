@@ -1,0 +1,223 @@
+"""Fit the cost curves of calibration.curves to timed points, with parameter covariance.
+
+Method: weighted least squares in log-time space (scipy.optimize.least_squares, trust
+region reflective, with bounds that keep fractions of a peak in (0, 1] and the rest >= 0):
+
+    r_i = (log model(params, shape_i) - log t_i) / sigma_i
+
+sigma_i is the relative uncertainty of point i (log-space); a point measured here gets a
+floor of 2 %, a public figure the uncertainty of its tag (M 3 %, D 5 %, C 10 %).  The
+covariance is the Gauss-Newton one, cov = (J^T J)^-1 * max(1, chi2 / dof) (curve_fit's
+pcov, scaled up when the model fits worse than the points' own noise, never down).
+Several starts (a small grid) guard against local minima of the max(compute, memory) kink.
+
+A parameter the points do not constrain (its Jacobian column is zero, e.g. launch_s when
+every point is large) is not invented: it is held at a stated prior (value, std, reason)
+that goes into the covariance diagonal and the curve's sources.
+
+rmse_rel = sqrt(mean((predicted / measured - 1)^2)) over the points.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import least_squares
+
+from calibration import curves
+from calibration.profile import Curve
+
+MEASURED_SIGMA = 0.02
+TAG_SIGMA = {"M": 0.03, "D": 0.05, "C": 0.10, "S": 0.05}
+
+# Bounds per parameter (fractions of a peak in (0, 1]; lengths and times >= 0).
+BOUNDS = {
+    "efficiency_max": (1e-4, 1.0), "read_efficiency": (1e-4, 1.0), "efficiency": (1e-4, 1.0),
+    "half_tokens": (0.0, 1e6), "half_seq": (0.0, 1e7), "half_seq_causal": (0.0, 1e7),
+    "half_head_dim": (0.0, 1e4), "launch_s": (0.0, 1.0), "latency_s": (0.0, 10.0),
+}
+# Starting grid per parameter ("T" = a fraction of the smallest measured time).
+STARTS = {
+    "efficiency_max": (0.3, 0.9), "read_efficiency": (0.3, 0.9), "efficiency": (0.3, 0.9),
+    "half_tokens": (2.0, 30.0, 300.0), "half_seq": (20.0, 500.0),
+    "half_seq_causal": (20.0, 500.0, 5000.0), "half_head_dim": (8.0, 64.0),
+    "launch_s": ("T0.01", "T0.5"), "latency_s": ("T0.01", "T0.5"),
+}
+
+
+@dataclass(frozen=True)
+class Point:
+    """One timed shape of a family.  shape: the keyword arguments of the curve function
+    (gemm: tokens, k, n, dtype_bytes; attention: batch, q_len, ...; memory: moved_bytes;
+    link: kind, payload (nccl-tests size), ranks, lanes)."""
+
+    family: str
+    shape: dict
+    time_s: float
+    sigma: float = MEASURED_SIGMA
+    source: str = ""
+
+    def __post_init__(self):
+        if self.family not in curves.FAMILY_PARAMS:
+            raise ValueError(f"unknown family {self.family!r}")
+        if not (self.time_s > 0 and math.isfinite(self.time_s)):
+            raise ValueError(f"time must be positive and finite, got {self.time_s}")
+        if not self.sigma > 0:
+            raise ValueError(f"sigma must be > 0, got {self.sigma}")
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A parameter held at a value (not fitted), with its uncertainty and the reason."""
+
+    value: float
+    std: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class FitResult:
+    curve: Curve
+    residuals: tuple          # (label, measured_s, predicted / measured - 1) per point
+    notes: tuple = field(default_factory=tuple)
+
+
+def predict(family: str, params: dict, point: Point, device: curves.Device | None = None,
+            peak_bandwidth: float | None = None) -> float:
+    """The curve's time for the point's shape."""
+    s = point.shape
+    if family == "gemm":
+        return curves.gemm_time(params, device, s["tokens"], s["k"], s["n"], s["dtype_bytes"])
+    if family == "attention":
+        return curves.attention_time(params, device, s["batch"], s["q_len"], s["kv_len"],
+                                     s["heads"], s["kv_heads"], s["head_dim"],
+                                     bool(s["causal"]), s["dtype_bytes"])
+    if family == "memory":
+        return curves.memory_time(params, device, s["moved_bytes"])
+    return curves.collective_time(params, peak_bandwidth * s.get("lanes", 1), s["kind"],
+                                  s["payload"], s["ranks"])
+
+
+def label(point: Point) -> str:
+    """A short human label of a point's shape (for residual listings)."""
+    return " ".join(f"{k}={v}" for k, v in point.shape.items())
+
+
+def _starts(names, tmin: float):
+    grids = []
+    for name in names:
+        values = STARTS[name]
+        grids.append([tmin * float(v[1:]) if isinstance(v, str) else v for v in values])
+    combos = list(itertools.product(*grids))
+    if len(combos) > 64:  # keep the multi-start cheap: an even subsample of the grid
+        combos = combos[:: math.ceil(len(combos) / 64)]
+    return combos
+
+
+def fit_curve(family: str, points: list[Point], device: curves.Device | None = None,
+              peak_bandwidth: float | None = None, fixed: dict | None = None,
+              priors: dict | None = None, sources: tuple = ()) -> FitResult:
+    """Fit one family (family 'link' needs peak_bandwidth; the others need device).
+
+    fixed: name -> Fixed, held from the start.  priors: name -> Fixed, used only for a
+    parameter the points turn out not to constrain (default: the fitted start value with a
+    100 % std).  Raises ValueError with no points.
+    """
+    if not points:
+        raise ValueError(f"no points to fit the {family} curve")
+    names = curves.FAMILY_PARAMS[family]
+    fixed = dict(fixed or {})
+    priors = dict(priors or {})
+    times = np.array([p.time_s for p in points])
+    sigma = np.array([p.sigma for p in points])
+    notes = [f"{name} held at {f.value:.4g} +- {f.std:.2g}: {f.reason}"
+             for name, f in fixed.items()]
+
+    for _attempt in range(len(names) + 1):
+        free = [n for n in names if n not in fixed]
+        result = _solve(family, points, device, peak_bandwidth, names, free, fixed, times,
+                        sigma)
+        x, jac = result
+        # a free parameter with a (numerically) zero Jacobian column is unconstrained
+        col = np.linalg.norm(jac, axis=0) if free else np.array([])
+        typical = [float(times.min()) if n in ("launch_s", "latency_s") else 1.0
+                   for n in free]
+        weak = [n for n, c, s in zip(free, col, typical) if c * s < 1e-6]
+        if not weak:
+            break
+        for name in weak:
+            value = dict(zip(free, x))[name]
+            prior = priors.get(name) or Fixed(
+                value, abs(value), "not constrained by these points; 100 % uncertainty")
+            fixed[name] = prior
+            notes.append(f"{name} held at {prior.value:.4g} +- {prior.std:.2g}: "
+                         f"{prior.reason}")
+    params = {n: fixed[n].value for n in fixed}
+    params.update(dict(zip(free, (float(v) for v in x))))
+
+    resid = _residuals(family, points, device, peak_bandwidth, params)
+    r = np.log1p(resid) / sigma
+    dof = len(points) - len(free)
+    chi2 = float(r @ r)
+    cov = np.zeros((len(names), len(names)))
+    if free:
+        # columns scaled to each parameter's size first: launch_s (~1e-6) next to
+        # half_tokens (~1e2) would otherwise make J^T J too ill-conditioned to invert
+        d = np.array([max(abs(v), float(times.min()) if n in ("launch_s", "latency_s")
+                          else 1.0) for n, v in zip(free, x)])
+        js = jac * d
+        inflate = max(1.0, chi2 / dof) if dof > 0 else 1.0
+        cov_free = np.linalg.pinv(js.T @ js) * np.outer(d, d) * inflate
+        idx = [names.index(n) for n in free]
+        cov[np.ix_(idx, idx)] = cov_free
+    for name, f in fixed.items():
+        i = names.index(name)
+        cov[i, i] = f.std ** 2
+    if dof <= 0:
+        notes.append(f"{len(points)} points for {len(free)} free parameters: an exact fit, so "
+                     "rmse_rel says nothing; the std comes from the points' own uncertainty")
+    std = {n: float(math.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)}
+    rmse = float(math.sqrt(np.mean(resid ** 2)))
+    curve = Curve(family=family, params={n: float(params[n]) for n in names}, std=std,
+                  cov=tuple(tuple(float(v) for v in row) for row in cov), rmse_rel=rmse,
+                  points=len(points), sources=tuple(sources) + tuple(notes))
+    residuals = tuple((label(p), p.time_s, float(e)) for p, e in zip(points, resid))
+    return FitResult(curve, residuals, tuple(notes))
+
+
+def _residuals(family, points, device, peak_bandwidth, params) -> np.ndarray:
+    """predicted / measured - 1 per point."""
+    return np.array([predict(family, params, p, device, peak_bandwidth) / p.time_s - 1.0
+                     for p in points])
+
+
+def _solve(family, points, device, peak_bandwidth, names, free, fixed, times, sigma):
+    """Best (x, jacobian) over the start grid; the jacobian is of the weighted residuals."""
+    if not free:
+        return np.array([]), np.zeros((len(points), 0))
+    log_t = np.log(times)
+    lower = np.array([BOUNDS[n][0] for n in free])
+    upper = np.array([BOUNDS[n][1] for n in free])
+
+    def residual(x):
+        params = {n: fixed[n].value for n in fixed}
+        params.update(zip(free, x))
+        model = np.array([predict(family, params, p, device, peak_bandwidth) for p in points])
+        return (np.log(np.maximum(model, 1e-300)) - log_t) / sigma
+
+    best = None
+    for start in _starts(free, float(times.min())):
+        x0 = np.clip(np.array(start, dtype=float), lower, upper)
+        try:
+            res = least_squares(residual, x0, bounds=(lower, upper), x_scale="jac",
+                                method="trf", max_nfev=2000)
+        except ValueError:
+            continue
+        if best is None or res.cost < best.cost:
+            best = res
+    if best is None:
+        raise ValueError(f"the {family} fit failed from every start")
+    return best.x, best.jac

@@ -1,0 +1,324 @@
+"""Microbenchmarks: GEMM, attention, memory-bound ops and collectives on this machine.
+
+The only module of calibration that imports torch.  Every point: warm-up, then repeats
+until a per-point time budget is spent (between a minimum and a maximum count); the
+store keeps all repeat times, their median and IQR.  Timers measure the device: CUDA
+events on GPU, time.perf_counter on CPU.
+
+A CPU "device" is one process of a local world: it runs with cores // world_size threads
+(torch.set_num_threads), so N processes never oversubscribe the cores and the compute
+points describe what one rank of a local `fapool` run gets.
+
+Collectives run among world_size local processes (torch.multiprocessing spawn, gloo on
+CPU, NCCL on GPU), initialised with a timeout; the parent waits with a deadline and kills
+the workers if one dies or hangs, so a run never hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from calibration.store import COLLECTIVE_OPS
+
+MB = 1 << 20
+
+
+class CollectiveError(RuntimeError):
+    """A collective benchmark worker died, failed or did not finish before the deadline."""
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Which points to measure and how often."""
+
+    gemm: tuple            # (tokens, k, n)
+    attention: tuple       # (batch, q_len, kv_len, heads, kv_heads, head_dim, causal)
+    memory: tuple          # (kind, elements)
+    collective_bytes: tuple  # payload per rank
+    warmup: int
+    min_repeats: int
+    max_repeats: int
+    budget_s: float        # per point, after warm-up
+
+    def __post_init__(self):
+        for b in self.collective_bytes:
+            if b % 4:
+                raise ValueError(f"collective size {b} is not a multiple of 4 bytes")
+
+
+def sweep(quick: bool) -> Sweep:
+    """Transformer-shaped points: decode (few tokens, q_len 1) through prefill."""
+    if quick:
+        return Sweep(
+            gemm=tuple((t, k, n) for k, n in ((512, 1536), (1024, 1024))
+                       for t in (1, 16, 128, 512)),
+            attention=tuple((1, s, s, 8, 8, d, c) for s in (128, 512) for d in (64, 128)
+                            for c in (False, True))
+            + ((1, 512, 512, 8, 2, 64, True),                      # GQA
+               (4, 1, 256, 8, 8, 128, False), (4, 1, 4096, 8, 2, 128, False)),  # decode
+            memory=tuple((kind, n) for kind in ("norm", "activation", "copy")
+                         for n in (MB // 4, 8 * MB)),
+            collective_bytes=(1 << 10, 16 << 10, 256 << 10, 4 * MB, 64 * MB),
+            warmup=1, min_repeats=3, max_repeats=7, budget_s=0.05)
+    return Sweep(
+        gemm=tuple((t, k, n) for k, n in ((1024, 3072), (1024, 1024), (1024, 4096),
+                                         (4096, 1024), (2048, 2048), (512, 512))
+                   for t in (1, 4, 16, 64, 256, 1024)),
+        attention=tuple((1, s, s, 8, 8, d, c) for s in (128, 512, 1024, 2048)
+                        for d in (64, 128) for c in (False, True))
+        + tuple((1, s, s, 8, 2, 64, c) for s in (512, 1024) for c in (False, True))  # GQA
+        + ((1, 128, 2048, 8, 8, 128, False), (1, 256, 1024, 8, 2, 64, False))   # chunked
+        + tuple((8, 1, kv, 8, kvh, 128, False) for kv in (128, 1024, 4096, 16384)
+                for kvh in (8, 2)),                                            # decode
+        memory=tuple((kind, n) for kind in ("norm", "activation", "copy")
+                     for n in (MB // 16, MB // 4, MB, 4 * MB, 16 * MB)),
+        collective_bytes=tuple(1 << p for p in range(10, 27, 2)),  # 1 KB .. 64 MB
+        warmup=2, min_repeats=5, max_repeats=30, budget_s=0.3)
+
+
+def device_info() -> tuple[str, str | None, int]:
+    """(device type, GPU model or None, GPU count)."""
+    if torch.cuda.is_available():
+        return "cuda", torch.cuda.get_device_name(0), torch.cuda.device_count()
+    return "cpu", None, 0
+
+
+def compute_dtype(device: str) -> torch.dtype:
+    """bf16 on GPU (tensor cores), fp32 on CPU (the dtype CPU kernels are fast in)."""
+    return torch.bfloat16 if device == "cuda" else torch.float32
+
+
+# ---------------------------------------------------------------- timing
+def _timer(device: str):
+    """A function timing fn() once on the device, in seconds."""
+    if device == "cuda":
+        def once(fn):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3  # elapsed_time is in ms
+        return once
+
+    def once(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+    return once
+
+
+def time_point(fn, device: str, sw: Sweep) -> list[float]:
+    """Warm up, then repeat until the budget is spent (min..max repeats)."""
+    once = _timer(device)
+    for _ in range(sw.warmup):
+        fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    times: list[float] = []
+    while len(times) < sw.max_repeats:
+        times.append(once(fn))
+        if len(times) >= sw.min_repeats and sum(times) >= sw.budget_s:
+            break
+    return times
+
+
+# ---------------------------------------------------------------- compute ops
+def _attention_fn(device, dtype, batch, q_len, kv_len, heads, kv_heads, head_dim, causal):
+    """flash_attn_func on CUDA when installed (bottom-right causal), else torch SDPA.
+    SDPA's is_causal is top-left aligned, so the sweep only uses causal with q_len == kv_len
+    there (both conventions agree then)."""
+    if device == "cuda":
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError:
+            flash_attn_func = None
+        if flash_attn_func is not None:
+            q = torch.randn(batch, q_len, heads, head_dim, device=device, dtype=dtype)
+            k = torch.randn(batch, kv_len, kv_heads, head_dim, device=device, dtype=dtype)
+            v = torch.randn_like(k)  # (batch, seq, heads, head_dim): flash-attn layout
+            return lambda: flash_attn_func(q, k, v, causal=causal), "flash_attn"
+    if causal and q_len != kv_len:
+        raise ValueError("SDPA causal masks are top-left aligned: use q_len == kv_len")
+    q = torch.randn(batch, heads, q_len, head_dim, device=device, dtype=dtype)
+    k = torch.randn(batch, kv_heads, kv_len, head_dim, device=device, dtype=dtype)
+    v = torch.randn_like(k)  # (batch, heads, seq, head_dim): SDPA layout
+    return (lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal,
+                                                   enable_gqa=heads != kv_heads)), "sdpa"
+
+
+def _memory_fn(device, dtype, kind, elements):
+    x = torch.randn(elements // 4096, 4096, device=device, dtype=dtype)  # (rows, hidden)
+    if kind == "norm":
+        weight = torch.ones(4096, device=device, dtype=dtype)
+        return lambda: F.rms_norm(x, (4096,), weight, 1e-6)
+    if kind == "activation":
+        return lambda: F.gelu(x)
+    out = torch.empty_like(x)
+    return lambda: out.copy_(x)
+
+
+def compute_points(sw: Sweep, device: str):
+    """(op, params, builder) for every compute point of the sweep."""
+    dtype = compute_dtype(device)
+    b = torch.tensor([], dtype=dtype).element_size()
+    for t, k, n in sw.gemm:
+        def build(t=t, k=k, n=n):
+            a = torch.randn(t, k, device=device, dtype=dtype)   # (tokens, in)
+            w = torch.randn(k, n, device=device, dtype=dtype)   # (in, out)
+            return (lambda: a @ w), "matmul"
+        yield "gemm", {"tokens": t, "k": k, "n": n, "dtype_bytes": b}, build
+    for batch, q, kv, h, kvh, d, causal in sw.attention:
+        params = {"batch": batch, "q_len": q, "kv_len": kv, "heads": h, "kv_heads": kvh,
+                  "head_dim": d, "causal": causal, "dtype_bytes": b}
+        yield "attention", params, (lambda p=params: _attention_fn(
+            device, dtype, p["batch"], p["q_len"], p["kv_len"], p["heads"], p["kv_heads"],
+            p["head_dim"], p["causal"]))
+    for kind, elements in sw.memory:
+        # bytes = read input + write output (the minimum traffic; the norm's weight is tiny)
+        params = {"bytes": 2 * elements * b, "kind": kind}
+        yield "memory", params, (lambda kind=kind, e=elements: (
+            _memory_fn(device, dtype, kind, e), kind))
+
+
+def run_compute(sw: Sweep, device: str, threads: int, on_sample) -> None:
+    """Time every compute point; on_sample(op, params, times_s, dtype, impl) stores it."""
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    dtype_name = str(compute_dtype(device)).replace("torch.", "")
+    points = list(compute_points(sw, device))
+    with torch.inference_mode():
+        for op, params, build in tqdm(points, desc="compute", unit="pt",
+                                      dynamic_ncols=True):
+            fn, impl = build()
+            on_sample(op, params, time_point(fn, device, sw), dtype_name, impl)
+            del fn
+
+
+# ---------------------------------------------------------------- collectives
+def collective_repeats(sw: Sweep, size: int) -> tuple[int, int]:
+    """(warm-up, repeats) by size: every rank must run the same count, so it is fixed, not
+    timed.  Large messages get fewer repeats (the quick sweep times 64 MB twice)."""
+    if size >= 32 * MB:
+        return 1, max(2, sw.min_repeats // 2)
+    if size >= 2 * MB:
+        return 1, sw.min_repeats
+    return sw.warmup + 1, sw.max_repeats // 2 + 2
+
+
+def _collective_fn(op, rank, world, tensor, gathered):
+    import torch.distributed as dist
+
+    if op == "all_reduce":
+        return lambda: dist.all_reduce(tensor)
+    if op == "all_gather":
+        return lambda: dist.all_gather(gathered, tensor)
+    if op == "broadcast":
+        return lambda: dist.broadcast(tensor, src=0)
+    if op == "gather":
+        return lambda: dist.gather(tensor, gathered if rank == 0 else None, dst=0)
+    if op == "send_recv":  # ping-pong between ranks 0 and 1; time / 2 is one transfer
+        if rank == 0:
+            return lambda: (dist.send(tensor, 1), dist.recv(tensor, 1))
+        if rank == 1:
+            return lambda: (dist.recv(tensor, 0), dist.send(tensor, 0))
+        return lambda: None
+    raise ValueError(op)
+
+
+def _collective_worker(rank, world, port, backend, sw, timeout_s, out_path):
+    """One rank: time every (op, size); rank 0 writes the results to out_path as JSON."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    device = f"cuda:{rank}" if backend == "nccl" else "cpu"
+    if backend == "nccl":
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=timeout_s))
+    try:
+        points = [(op, size) for op in COLLECTIVE_OPS for size in sw.collective_bytes]
+        bar = tqdm(points, desc=f"collectives x{world}", unit="pt", disable=rank != 0,
+                   dynamic_ncols=True)
+        results = []
+        for op, size in bar:
+            tensor = torch.ones(size // 4, dtype=torch.float32, device=device)  # (elements,)
+            gathered = [torch.empty_like(tensor) for _ in range(world)]
+            fn = _collective_fn(op, rank, world, tensor, gathered)
+            warmup, repeats = collective_repeats(sw, size)
+            for _ in range(warmup):
+                fn()
+            times = []
+            for _ in range(repeats):
+                dist.barrier()
+                if backend == "nccl":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                fn()
+                if backend == "nccl":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+            # a collective takes as long as its slowest rank
+            slowest = torch.tensor(times, dtype=torch.float64, device=device)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+            scale = 0.5 if op == "send_recv" else 1.0
+            results.append({"op": op, "bytes": size, "ranks": 2 if op == "send_recv" else world,
+                            "times_s": [scale * float(t) for t in slowest.cpu()]})
+            del tensor, gathered, fn
+        if rank == 0:
+            with open(out_path, "w") as fh:
+                json.dump(results, fh)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_collectives(sw: Sweep, backend: str, world: int, link: str, on_sample,
+                    deadline_s: float, timeout_s: float = 60.0) -> None:
+    """Spawn world processes, time the collectives, call on_sample for each point.
+    Raises CollectiveError if a worker fails or the whole does not end by deadline_s."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="fapool-coll-") as tmp:
+        out_path = os.path.join(tmp, "results.json")
+        ctx = mp.start_processes(_collective_worker, nprocs=world, join=False,
+                                 start_method="spawn",
+                                 args=(world, _free_port(), backend, sw, timeout_s, out_path))
+        end = time.monotonic() + deadline_s
+        try:
+            while not ctx.join(timeout=1.0):
+                if time.monotonic() > end:
+                    raise CollectiveError(f"collective benchmark did not finish within "
+                                          f"{deadline_s:.0f} s (a rank is stuck); killed")
+        except mp.ProcessRaisedException as err:
+            last = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
+            raise CollectiveError(f"a collective worker failed: {last}") from None
+        except mp.ProcessExitedException as err:
+            raise CollectiveError(f"a collective worker died ({err})") from None
+        finally:
+            for proc in ctx.processes:
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+        with open(out_path) as fh:
+            results = json.load(fh)
+    for item in results:
+        on_sample(item["op"], {"bytes": item["bytes"], "ranks": item["ranks"], "link": link},
+                  item["times_s"], "float32", backend)
+
