@@ -1,0 +1,97 @@
+"""torchrun entry point: ``torchrun --nproc-per-node N -m executor --plan plan.json``.
+
+Reads RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT) from the environment,
+as torchrun and executor.launch set them; gloo on CPU, NCCL on CUDA.  Rank 0 writes the
+result (JSON) to --result and the measurements to the store.  A rank that raises writes
+its error (and whether it was waiting on peers) to --run-dir and exits at once, so the
+launcher can name it.  Fault injection for tests: FAPOOL_FAULT=raise:R | exit:R | hang:R.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+import traceback
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m executor")
+    p.add_argument("--plan", action="append", required=True,
+                   help="plan.json (repeat to run several cases in one process group)")
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--verify", action="store_true")
+    p.add_argument("--balanced", action="store_true")
+    p.add_argument("--result", default=None, help="rank 0 writes the JSON result here")
+    p.add_argument("--run-dir", default=None, help="heartbeat and error files (launcher)")
+    p.add_argument("--store", default=None, help="measurement store (rank 0 writes)")
+    p.add_argument("--pg-timeout", type=float, default=None)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    rank = int(os.environ["RANK"])
+    world = int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    hb_path = os.path.join(args.run_dir, "heartbeat") if args.run_dir else None
+    from executor.measure import COMPUTE, COMM, DONE, Heartbeat
+    heartbeat = Heartbeat(hb_path, rank)
+    heartbeat.set(COMPUTE, "start")
+    try:
+        import torch
+        import torch.distributed as dist
+
+        from executor.engine import run_case
+        from planner.plan import load_plan
+
+        plans = [load_plan(p) for p in args.plan]
+        timeout = args.pg_timeout or max(p.executor.timeout_s for p in plans)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(local_rank)
+            device, backend = torch.device("cuda", local_rank), "nccl"
+        else:
+            device, backend = torch.device("cpu"), "gloo"
+            torch.set_num_threads(1)
+        heartbeat.set(COMM, "init_process_group")
+        dist.init_process_group(backend, rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout))
+        heartbeat.set(COMPUTE, "init done")
+        results = []
+        for plan in plans:
+            if world < plan.world_size:
+                raise RuntimeError(f"plan needs {plan.world_size} ranks, launched {world}")
+            torch.manual_seed(plan.executor.seed)
+            res = run_case(plan, rank, device, heartbeat, steps=args.steps,
+                           verify=args.verify, balanced=args.balanced, warmup=args.warmup)
+            if rank == 0:
+                from executor.report import finish
+                results.append(finish(plan, res, backend, world, args.store))
+        heartbeat.set(COMM, "final barrier")
+        dist.barrier()
+        if rank == 0 and args.result:
+            tmp = args.result + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f)
+            os.replace(tmp, args.result)
+        heartbeat.set(DONE, "done")
+        dist.destroy_process_group()
+        return 0
+    except BaseException as err:  # noqa: BLE001 - every failure is reported, then exit
+        state = heartbeat.get()[0]
+        if args.run_dir:
+            line = f"{type(err).__name__}: {err}".splitlines()[0][:300]
+            with open(os.path.join(args.run_dir, f"rank{rank}.error"), "w") as f:
+                json.dump({"rank": rank, "time": time.time(), "error": line,
+                           "waiting_on_peers": state == COMM}, f)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
