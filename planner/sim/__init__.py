@@ -1,0 +1,1 @@
+"""The simpy machine (engine) and the per-strategy programs that run on it."""
