@@ -37,6 +37,7 @@ def test_simulate_defaults_are_the_papers():
 def test_simulate_overrides_and_tiny():
     r = fapool("simulate", "--model", "tiny", "--layers", "3", "--cluster", "dgx-a100",
                "--nodes", "1", "--tp", "2", "--max-pool", "2", "--threshold", "64",
+               "--tokens-per-pool-gpu", "64",
                "--batch", "2", "--seq-len", "128", "--output-len", "4", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -44,7 +45,8 @@ def test_simulate_overrides_and_tiny():
 
 
 def test_profile_without_the_clusters_link_is_refused():
-    r = fapool("simulate", "--model", "tiny", "--cluster", "local", "--profile", "dgx-a100")
+    r = fapool("simulate", "--model", "tiny", "--cluster", "local", "--profile", "dgx-a100",
+               "--tp", "2", "--max-pool", "2")
     assert r.returncode == 2 and "loopback" in r.stderr
 
 
