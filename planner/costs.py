@@ -9,7 +9,6 @@ physics floor, max(flops / peak, bytes / bandwidth), and never undercuts it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from calibration import curves
@@ -115,7 +114,3 @@ class CostModel:
         link = self.intra if len(same_node) == 1 else self.inter
         t = link.time("send_recv", share, 2)
         return OpCost(name, t, link.floor("send_recv", share, 2), "comm", 0.0, payload)
-
-    @staticmethod
-    def hops(n: int) -> int:
-        return max(1, math.ceil(math.log2(max(n, 2))))

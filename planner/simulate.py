@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from calibration.errors import InputError
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.costs import CostModel
@@ -116,7 +117,6 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workloa
     """Predict one configuration.  Raises InputError for an impossible request (e.g. more
     GPUs than the cluster has); returns feasible=False with reasons when it does not fit."""
     if phase not in PHASES:
-        from calibration.errors import InputError
         raise InputError("phase", f"must be one of {PHASES}, got {phase!r}")
     layout = build_layout(model, cluster, strategy)
     profile = profile or cluster.load_profile()
