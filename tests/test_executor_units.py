@@ -1,0 +1,111 @@
+"""Executor pieces in one process: splits, tree, masks, LSE merge, TP shards, reference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from executor import attention  # noqa: E402
+from executor.model import make_weights  # noqa: E402
+from executor.parallel import assemble_kv, shard_layer, tp_shard  # noqa: E402
+from executor.pool import q_segments, subtree, tree_children  # noqa: E402
+from executor.reference import forward, naive_attention, verify  # noqa: E402
+from planner.model import PRESETS  # noqa: E402
+
+TINY = PRESETS["tiny"]
+
+
+@pytest.mark.parametrize("seq,parts", [(13, 1), (13, 2), (13, 3), (4, 3), (5, 4), (64, 3)])
+@pytest.mark.parametrize("balanced", [False, True])
+def test_q_segments_cover_sequence_once(seq, parts, balanced):
+    segs = q_segments(seq, parts, balanced)
+    assert len(segs) == parts
+    covered = sorted(i for rank in segs for a, e in rank for i in range(a, e))
+    assert covered == list(range(seq))
+    if not balanced:   # blocks of ceil(seq / parts), in order
+        c = math.ceil(seq / parts)
+        assert segs[0] == [(0, min(c, seq))]
+
+
+def test_balanced_split_evens_causal_work():
+    seq, parts = 64, 4
+
+    def work(rank_segs):   # causal attention cost ~ sum of key counts of the queries
+        return sum(e * (e + 1) // 2 - a * (a + 1) // 2 for a, e in rank_segs)
+    plain = [work(s) for s in q_segments(seq, parts, False)]
+    bal = [work(s) for s in q_segments(seq, parts, True)]
+    assert max(bal) / min(bal) < 1.1 < max(plain) / min(plain)
+
+
+@pytest.mark.parametrize("n", range(1, 10))
+def test_tree_every_member_reaches_root_once_in_order(n):
+    seen = []
+
+    def walk(idx):
+        seen.append(idx)
+        for c in tree_children(idx, n):
+            assert list(subtree(c, n))[0] == c
+            walk(c)
+    walk(0)
+    assert seen == list(range(n + 1))        # pre-order = member order: concat stays ordered
+    assert max(len(tree_children(i, n)) for i in range(n + 1)) <= math.ceil(math.log2(n + 1))
+
+
+def test_bottom_right_causal_block_matches_full_attention():
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 11, 4, 8, generator=g)
+    k = torch.randn(2, 11, 2, 8, generator=g)
+    v = torch.randn(2, 11, 2, 8, generator=g)
+    full = naive_attention(q, k, v)
+    for a, e in [(0, 4), (4, 8), (8, 11), (3, 11)]:
+        block = attention.causal_block(q[:, a:e], k[:, :e], v[:, :e])
+        assert (block - full[:, a:e]).abs().max() < 1e-5
+    assert attention.bottom_right_mask(2, 4, "cpu").tolist() == [[True, True, True, False],
+                                                                  [True, True, True, True]]
+
+
+def test_lse_merge_of_shards_equals_full_decode_including_empty_shard():
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 1, 4, 8, generator=g)
+    k = torch.randn(3, 9, 2, 8, generator=g)
+    v = torch.randn(3, 9, 2, 8, generator=g)
+    full = attention.decode_full(q, k, v)
+    shards = [(0, 4), (4, 4), (4, 9)]                         # the middle one is empty
+    parts = [attention.decode_partial(q, k[:, a:e].contiguous(), v[:, a:e].contiguous(), e - a)
+             for a, e in shards]
+    merged = attention.merge_partials(torch.stack([p[0] for p in parts]),
+                                      torch.stack([p[1] for p in parts]))
+    assert torch.isinf(parts[1][1]).all()
+    assert (merged - full).abs().max() < 1e-5
+
+
+def test_weights_are_deterministic_and_tp_shards_reassemble():
+    spec = TINY.with_overrides(kv_heads=2)
+    w1, w2 = make_weights(spec, 7), make_weights(spec, 7)
+    assert torch.equal(w1.layers[1].wq, w2.layers[1].wq)
+    assert not torch.equal(w1.layers[1].wq, make_weights(spec, 8).layers[1].wq)
+    lw = w1.layers[0]
+    for tp in (1, 2, 4):     # tp=4 > kv_heads=2: K/V heads replicated
+        shards = [shard_layer(lw, spec, tp_shard(spec, tp, i)) for i in range(tp)]
+        assert torch.equal(torch.cat([s.wq for s in shards], 1), lw.wq)
+        assert torch.equal(torch.cat([s.w_down for s in shards], 0), lw.w_down)
+        d = spec.head_dim
+        ks = [s.wk.view(spec.hidden, -1, d).unsqueeze(0) for s in shards]   # (1, h, kv, d)
+        assert torch.equal(assemble_kv(ks, spec, tp)[0].reshape(spec.hidden, -1), lw.wk)
+
+
+def test_verify_fails_on_a_perturbed_run():
+    spec = TINY
+    w = make_weights(spec, 0)
+    prompt = torch.randint(spec.vocab, (2, 6), generator=torch.Generator().manual_seed(1))
+    logits, attn = forward(spec, w, prompt)
+    gen = logits[:, -1:].argmax(-1)
+    ok = verify(spec, w, torch.float32, "float32", prompt, gen, {"logits": logits, "attn": attn})
+    assert ok["passed"] and ok["max_abs_err_logits"] == 0.0
+    bad_attn = [attn[0], attn[1] + 1e-3]
+    bad = verify(spec, w, torch.float32, "float32", prompt, gen,
+                 {"logits": logits, "attn": bad_attn})
+    assert not bad["passed"] and bad["max_abs_err_attn"][1] > 1e-4
