@@ -59,6 +59,7 @@ class Point:
     time_s: float
     sigma: float = MEASURED_SIGMA
     source: str = ""
+    note: str = ""           # shown in residual labels (e.g. which memory op)
 
     def __post_init__(self):
         if self.family not in curves.FAMILY_PARAMS:
@@ -103,7 +104,8 @@ def predict(family: str, params: dict, point: Point, device: curves.Device | Non
 
 def label(point: Point) -> str:
     """A short human label of a point's shape (for residual listings)."""
-    return " ".join(f"{k}={v}" for k, v in point.shape.items())
+    text = " ".join(f"{k}={v}" for k, v in point.shape.items())
+    return f"{point.note} {text}" if point.note else text
 
 
 def _starts(names, tmin: float):
@@ -176,6 +178,9 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
     for name, f in fixed.items():
         i = names.index(name)
         cov[i, i] = f.std ** 2
+    if free:
+        _widen_flat_directions(cov, names, free, x, lambda xs: _cost(
+            family, points, device, peak_bandwidth, free, fixed, xs, sigma) / inflate)
     if dof <= 0:
         notes.append(f"{len(points)} points for {len(free)} free parameters: an exact fit, so "
                      "rmse_rel says nothing; the std comes from the points' own uncertainty")
@@ -186,6 +191,52 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
                   points=len(points), sources=tuple(sources) + tuple(notes))
     residuals = tuple((label(p), p.time_s, float(e)) for p, e in zip(points, resid))
     return FitResult(curve, residuals, tuple(notes))
+
+
+def _cost(family, points, device, peak_bandwidth, free, fixed, x, sigma) -> float:
+    """Sum of squared weighted log residuals at free parameters x."""
+    params = {n: f.value for n, f in fixed.items()}
+    params.update(zip(free, x))
+    r = np.log1p(_residuals(family, points, device, peak_bandwidth, params)) / sigma
+    return float(r @ r)
+
+
+def _widen_flat_directions(cov, names, free, x, cost) -> None:
+    """Correct the linearised covariance where the cost is flatter than it claims.
+
+    At the max(compute, memory) kink a parameter can act on one side only (raising
+    read_efficiency past the kink changes nothing), so J^T J overstates how well it is
+    known.  For each free parameter, step 2 std either way (the others held): a quadratic
+    cost rises by >= 4 (in units where 1 std raises it by 1); if it rises by < 1, the step
+    is doubled until it does or the bound is reached, and the std (row and column of cov)
+    is scaled up to that step.  Cheap, and it only ever widens."""
+    base = cost(x)
+    for j, name in enumerate(free):
+        i = names.index(name)
+        std = math.sqrt(max(cov[i, i], 0.0))
+        if std == 0.0:
+            continue
+        lo, hi = BOUNDS[name]
+        widest = std
+        for sign in (1.0, -1.0):
+            step = 2.0 * std
+            while True:
+                trial = x.copy()
+                trial[j] = min(max(x[j] + sign * step, lo), hi)
+                moved = abs(trial[j] - x[j])
+                rise = cost(trial) - base
+                if rise >= 1.0:      # quadratic reading: 1 std = moved / sqrt(rise)
+                    widest = max(widest, moved / math.sqrt(rise))
+                    break
+                if trial[j] in (lo, hi) or step > 1e3 * std:  # at the bound, or no end
+                    if moved > 0:
+                        widest = max(widest, moved)
+                    break
+                step *= 2.0
+        if widest > std:
+            factor = widest / std
+            cov[i, :] *= factor
+            cov[:, i] *= factor
 
 
 def _residuals(family, points, device, peak_bandwidth, params) -> np.ndarray:
@@ -221,3 +272,89 @@ def _solve(family, points, device, peak_bandwidth, names, free, fixed, times, si
     if best is None:
         raise ValueError(f"the {family} fit failed from every start")
     return best.x, best.jac
+
+
+# ---------------------------------------------------------------- store samples -> profile
+GATHER_OPS = ("all_gather", "gather")
+
+
+def points_from_samples(samples: list[dict]) -> tuple[dict, dict]:
+    """Store samples -> ({family: [Point]}, {link name: [Point]}).  Ops without a curve
+    (e2e_prefill, e2e_decode, ...) are skipped.  Collective sizes follow nccl-tests: the
+    store keeps the payload per rank, so all_gather / gather have size = bytes * ranks."""
+    families: dict = {"gemm": [], "attention": [], "memory": []}
+    links: dict = {}
+    for s in samples:
+        op, p, src = s["op"], s["params"], f"run {s['run_id']}"
+        if op == "gemm":
+            shape = {k: int(p[k]) for k in ("tokens", "k", "n", "dtype_bytes")}
+        elif op == "attention":
+            shape = {k: int(p[k]) for k in ("batch", "q_len", "kv_len", "heads", "kv_heads",
+                                            "head_dim", "dtype_bytes")}
+            shape["causal"] = bool(p["causal"])
+        elif op == "memory":
+            shape = {"moved_bytes": float(p["bytes"])}
+            families[op].append(Point(op, shape, float(s["median_s"]), source=src,
+                                      note=str(p["kind"])))
+            continue
+        elif op in curves.COLLECTIVE_FACTORS and int(p["ranks"]) > 1:
+            ranks = int(p["ranks"])
+            size = float(p["bytes"]) * (ranks if op in GATHER_OPS else 1)
+            links.setdefault(p["link"], []).append(Point(
+                "link", {"kind": op, "payload": size, "ranks": ranks, "lanes": 1},
+                float(s["median_s"]), source=src))
+            continue
+        else:
+            continue
+        families[op].append(Point(op, shape, float(s["median_s"]), source=src))
+    return families, links
+
+
+def measured_peaks(families: dict, links: dict) -> tuple[float, float, dict]:
+    """No datasheet for this machine: the peaks are the best measured rates, so every
+    measured point lies on or above its floor and fitted fractions stay in (0, 1]."""
+    rates = [curves.gemm_cost(**p.shape)[0] / p.time_s for p in families["gemm"]]
+    rates += [curves.attention_cost(**p.shape)[0] / p.time_s for p in families["attention"]]
+    bandwidths = [p.shape["moved_bytes"] / p.time_s for p in families["memory"]]
+    link_peaks = {name: max(curves.collective_bytes(p.shape["kind"], p.shape["payload"],
+                                                    p.shape["ranks"]) / p.time_s for p in pts)
+                  for name, pts in links.items()}
+    return max(rates), max(bandwidths), link_peaks
+
+
+def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float,
+              world_size: int, provenance: dict):
+    """Fit a profile of this machine from store samples (one CPU process or GPU per rank)."""
+    from calibration.errors import InputError
+    from calibration.profile import Link, Profile
+
+    families, links = points_from_samples(samples)
+    for family in ("gemm", "attention", "memory"):
+        if not families[family]:
+            raise InputError("store", f"no {family} samples in the selected runs; run "
+                             "`fapool calibrate` to measure them")
+    if not links:
+        raise InputError("store", "no collective samples (world size >= 2) in the selected "
+                         "runs; run `fapool calibrate --world-size 2`")
+    peak_flops, bandwidth, link_peaks = measured_peaks(families, links)
+    device = curves.Device(device_name, peak_flops, ram_bytes / world_size, bandwidth)
+    runs = sorted({p.source for pts in families.values() for p in pts})
+    fits = {fam: fit_curve(fam, pts, device, sources=(f"measured: {', '.join(runs)}",))
+            for fam, pts in families.items()}
+    link_objs = {}
+    for lname, pts in links.items():
+        fit = fit_curve("link", pts, peak_bandwidth=link_peaks[lname],
+                        sources=(f"measured: {', '.join(sorted({p.source for p in pts}))}",))
+        fits[lname] = fit
+        link_objs[lname] = Link(lname, link_peaks[lname], fit.curve)
+    prov = dict(provenance)
+    prov["peaks"] = ("measured, no datasheet: peak_flops = best measured GEMM/attention "
+                     "FLOP/s; hbm_bandwidth = best measured memory-op (copy/norm/activation) "
+                     "bandwidth; link peak_bandwidth = best measured bus bandwidth of any "
+                     f"collective; hbm_bytes = RAM / world size ({world_size})")
+    prov["residuals"] = {fam: [[lbl, float(f"{t:.6g}"), round(e, 4)]
+                               for lbl, t, e in fit.residuals] for fam, fit in fits.items()}
+    return Profile(name=name, device=device, gemm=fits["gemm"].curve,
+                   attention=fits["attention"].curve, memory=fits["memory"].curve,
+                   links=link_objs, description=f"this machine: {world_size} local processes "
+                   f"of {device_name}, joined by {', '.join(link_objs)}", provenance=prov)

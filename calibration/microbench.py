@@ -60,12 +60,14 @@ def sweep(quick: bool) -> Sweep:
     """Transformer-shaped points: decode (few tokens, q_len 1) through prefill."""
     if quick:
         return Sweep(
-            gemm=tuple((t, k, n) for k, n in ((512, 1536), (1024, 1024))
-                       for t in (1, 16, 128, 512)),
+            gemm=tuple((t, k, n) for k, n in ((512, 1536), (1024, 1024), (2048, 512))
+                       for t in (1, 8, 64, 256, 512)),
             attention=tuple((1, s, s, 8, 8, d, c) for s in (128, 512) for d in (64, 128)
                             for c in (False, True))
             + ((1, 512, 512, 8, 2, 64, True),                      # GQA
-               (4, 1, 256, 8, 8, 128, False), (4, 1, 4096, 8, 2, 128, False)),  # decode
+               (1, 128, 1024, 8, 8, 64, False))                   # chunked prefill
+            + tuple((4, 1, kv, 8, kvh, 128, False) for kv in (256, 1024, 4096)
+                    for kvh in (8, 2)),                                 # decode
             memory=tuple((kind, n) for kind in ("norm", "activation", "copy")
                          for n in (MB // 4, 8 * MB)),
             collective_bytes=(1 << 10, 16 << 10, 256 << 10, 4 * MB, 64 * MB),
