@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, replace
 
 from calibration.errors import InputError, positive_int, require
@@ -24,8 +25,12 @@ class ClusterSpec:
     intra_link: str = "nvlink"
     inter_link: str = "ib"
     nics_per_node: int = 8
+    cores_per_node: int = 0      # >0: ranks are CPU processes sharing this many cores, so at
+                                 # most this many compute ops of a node run at once
 
     def __post_init__(self):
+        require(isinstance(self.cores_per_node, int) and self.cores_per_node >= 0,
+                "cluster.cores_per_node", "must be an integer >= 0")
         positive_int(self.nodes, "cluster.nodes")
         positive_int(self.gpus_per_node, "cluster.gpus_per_node")
         positive_int(self.nics_per_node, "cluster.nics_per_node")
@@ -63,9 +68,10 @@ PRESETS = {
     # enough for the paper's 40 and its TP=16 x PP=2 comparison.
     "dgx-a100": ClusterSpec("dgx-a100", 8, 8, "dgx-a100"),
     "dgx-h100": ClusterSpec("dgx-h100", 8, 8, "dgx-h100"),
-    # This machine: local processes joined by loopback (profile from `fapool calibrate`).
+    # This machine: local processes (one thread each, as the executor runs them) sharing its
+    # cores, joined by loopback (profile from `fapool calibrate`).
     "local": ClusterSpec("local", 1, 4, "local", intra_link="loopback", inter_link="loopback",
-                         nics_per_node=1),
+                         nics_per_node=1, cores_per_node=os.cpu_count() or 1),
 }
 
 

@@ -58,7 +58,8 @@ def _program(cm: CostModel, layout: Layout, pool: int):
 def _run_phase(program, units, phase: str, sizes: list, q_len: int, kv_len: int, steps: int,
                record: bool) -> tuple:
     env = simpy.Environment()
-    machine = Machine(env, units, phase, record)
+    machine = Machine(env, units, phase, record,
+                      cores_per_node=program.layout.cluster.cores_per_node)
     done = [[] for _ in range(steps)]
     for mb, seqs in enumerate(sizes):
         env.process(program.microbatch(machine, mb, seqs, q_len, kv_len, steps, done))

@@ -176,3 +176,23 @@ def test_chrome_trace(tmp_path):
     assert any(e["name"] == "pool_attention" for e in ops)
     decode = [e for e in ops if e["args"]["phase"] == "decode"]
     assert min(e["ts"] for e in decode) >= r.ttft_s * 1e6 - 1e-3
+
+
+def test_cpu_processes_share_cores():
+    """On a CPU cluster, 4 ranks on 2 cores cannot all compute at once: the pool's
+    attention of 4 GPUs takes about twice as long as with 4 free cores."""
+    tiny = PRESETS["tiny"]
+    local = resolve_cluster("local", profile="dgx-a100")
+    local = dataclasses.replace(local, intra_link="nvlink", inter_link="nvlink")
+    wl = Workload(1, 4096, 2)
+    strategy = FAPoolStrategy(base_tp=1, threshold=64, pool_gpus=4, balanced=True)
+    two = simulate(tiny, dataclasses.replace(local, gpus_per_node=8, cores_per_node=2),
+                   strategy, wl, phase="prefill", interval_samples=0)
+    free = simulate(tiny, dataclasses.replace(local, gpus_per_node=8, cores_per_node=0),
+                    strategy, wl, phase="prefill", interval_samples=0)
+
+    def pool_span(r):
+        ev = [e for e in r.events if e.name == "pool_attention" and e.layer == 0]
+        return max(e.end for e in ev) - min(e.start for e in ev)
+
+    assert pool_span(two) == pytest.approx(2 * pool_span(free), rel=0.15)

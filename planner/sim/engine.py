@@ -58,8 +58,14 @@ class Machine:
     comm_time: dict = field(default_factory=dict)    # phase -> seconds of comm ops
     op_time: dict = field(default_factory=dict)      # phase -> seconds of all ops
     resources: dict = field(default_factory=dict)
+    cores_per_node: int = 0      # >0: compute ops of a node share this many CPU cores
+    cores: dict = field(default_factory=dict)    # node -> simpy.Container of free cores
 
     def __post_init__(self):
+        if self.cores_per_node:
+            for node in sorted({n for u in self.units.values() for n in u.nodes}):
+                self.cores[node] = simpy.Container(self.env, self.cores_per_node,
+                                                   init=self.cores_per_node)
         for unit in self.units.values():
             self.resources[unit.name] = simpy.PriorityResource(self.env, capacity=1)
             self.resources.setdefault(unit.link, simpy.PriorityResource(self.env, capacity=1))
@@ -87,11 +93,26 @@ class Machine:
             req = self.resources[name].request(priority=step * 1_000_000 + mb)
             yield req
             requests.append((name, req))
+        cores = self._cores(unit_names) if op.kind == "compute" and self.cores else {}
+        for node, count in cores.items():    # one core per rank, atomically per node
+            yield self.cores[node].get(count)
         start = self.env.now
         yield self.env.timeout(op.seconds)
+        for node, count in cores.items():
+            yield self.cores[node].put(count)
         for name, req in requests:
             self.resources[name].release(req)
         self._account(op, unit_names, start, mb, layer)
+
+    def _cores(self, unit_names) -> dict:
+        """node -> cores a compute op on these units occupies (one per rank)."""
+        need = {}
+        for u in unit_names:
+            unit = self.units[u]
+            per_node = -(-len(unit.ranks) // len(unit.nodes))   # ranks are packed by node
+            for node in unit.nodes:
+                need[node] = need.get(node, 0) + per_node
+        return {n: min(c, self.cores_per_node) for n, c in sorted(need.items())}
 
     def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1, step: int = 0):
         """Process: ops one after the other on the same units."""
