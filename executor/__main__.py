@@ -78,6 +78,9 @@ def main(argv=None) -> int:
             with open(tmp, "w") as f:
                 json.dump(results, f)
             os.replace(tmp, args.result)
+        elif rank == 0:      # started by torchrun directly: print the summaries
+            from executor.report import table
+            print("\n\n".join(table(r) for r in results), flush=True)
         heartbeat.set(DONE, "done")
         dist.destroy_process_group()
         return 0

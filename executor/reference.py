@@ -2,7 +2,7 @@
 
 The reference is written independently of the distributed path: full heads, naive
 attention (softmax(q k^T / sqrt(d) + causal mask) v, in fp32), no K/V cache (every decode
-step recomputes the whole prefix).  Decode is teacher-forced with the tokens the
+step recomputes the whole prefix).  It runs in fp32 (weights rounded to the run's dtype first).  Decode is teacher-forced with the tokens the
 distributed run generated, so both see identical inputs even if an argmax is a near tie.
 """
 
@@ -55,7 +55,9 @@ def verify(spec: ModelSpec, weights: Weights, dtype: torch.dtype, dtype_name: st
     """Compare the run's records with the reference.  got: {"logits": (b, n, V),
     "attn": [(b, n, hidden) per layer]} where n = prompt + decode steps (the tokens fed).
     Returns {max_abs_err_logits, max_abs_err_attn: [per layer], tolerance, passed}."""
-    w = weights.to(dtype, prompt.device)
+    # The reference computes in fp32 on the weights rounded to the run's dtype: its error
+    # is then (almost) only the run's own rounding, not the sum of two half-precision runs.
+    w = weights.to(dtype, prompt.device).to(torch.float32, prompt.device)
     steps = got["logits"].shape[1] - prompt.shape[1]
     fed = torch.cat([prompt, generated[:, :steps]], dim=1)
     logits, attn = forward(spec, w, fed)

@@ -31,6 +31,8 @@ def summary(plan: Plan, res: dict) -> dict:
         "decode_kv": getattr(s, "decode_kv", None),
         "steps": len(res["ttft_s"]),
         "ttft_ms": ttft, "tpot_ms": tpot,
+        "ttft_ms_steps": [t * 1e3 for t in res["ttft_s"]],
+        "tpot_ms_steps": [t * 1e3 for t in res["tpot_s"]],
         # Output tokens per second of one request: batch * output_len / (TTFT + steps*TPOT).
         "tps": wl.batch * wl.output_len / request_s,
         # Decode throughput: batch tokens per TPOT.
