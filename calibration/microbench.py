@@ -61,7 +61,7 @@ def sweep(quick: bool) -> Sweep:
     if quick:
         return Sweep(
             gemm=tuple((t, k, n) for k, n in ((512, 1536), (1024, 1024), (2048, 512))
-                       for t in (1, 8, 64, 256, 512)),
+                       for t in (1, 8, 64, 256, 512)) + ((1, 64, 192), (8, 64, 192)),
             attention=tuple((1, s, s, 8, 8, d, c) for s in (128, 512) for d in (64, 128)
                             for c in (False, True))
             + ((1, 512, 512, 8, 2, 64, True),                      # GQA
@@ -75,15 +75,19 @@ def sweep(quick: bool) -> Sweep:
     return Sweep(
         gemm=tuple((t, k, n) for k, n in ((1024, 3072), (1024, 1024), (1024, 4096),
                                          (4096, 1024), (2048, 2048), (512, 512))
-                   for t in (1, 4, 16, 64, 256, 1024)),
+                   for t in (1, 4, 16, 64, 256, 1024))
+        + tuple((t, k, n) for k, n in ((64, 192), (256, 768)) for t in (1, 8, 64)),  # tiny
+        # models (executor tests): launch overhead
         attention=tuple((1, s, s, 8, 8, d, c) for s in (128, 512, 1024, 2048)
                         for d in (64, 128) for c in (False, True))
         + tuple((1, s, s, 8, 2, 64, c) for s in (512, 1024) for c in (False, True))  # GQA
         + ((1, 128, 2048, 8, 8, 128, False), (1, 256, 1024, 8, 2, 64, False))   # chunked
         + tuple((8, 1, kv, 8, kvh, 128, False) for kv in (128, 1024, 4096, 16384)
-                for kvh in (8, 2)),                                            # decode
+                for kvh in (8, 2))                                             # decode
+        + ((1, 32, 32, 4, 4, 16, False), (1, 32, 32, 4, 4, 16, True),
+           (2, 1, 64, 4, 2, 16, False)),                                       # tiny
         memory=tuple((kind, n) for kind in ("norm", "activation", "copy")
-                     for n in (MB // 16, MB // 4, MB, 4 * MB, 16 * MB)),
+                     for n in (MB // 64, MB // 16, MB // 4, MB, 4 * MB, 16 * MB)),
         collective_bytes=tuple(1 << p for p in range(10, 27, 2)),  # 1 KB .. 64 MB
         warmup=2, min_repeats=5, max_repeats=30, budget_s=0.3)
 
