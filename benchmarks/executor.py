@@ -113,6 +113,10 @@ def main(argv=None) -> int:
     print(f"FA Pool / static: TTFT {fp['ttft_ms'] / st['ttft_ms']:.3f}x, "
           f"TPOT {fp['tpot_ms'] / st['tpot_ms']:.3f}x, TPS {fp['tps'] / st['tps']:.3f}x "
           "(time ratios < 1 and TPS ratio > 1 favour FA Pool)")
+    ov = fp.get("overlap")
+    if ov:
+        print(f"overlap (2 micro-batches): {ov['fraction']:.1%} of the pool's attention time "
+              f"({ov['pool_attention_ms']:.1f} ms) ran while the base computed its FFN")
     t1 = _attention_ms(out["attn pool 1"])
     for label in (f"attn pool {pool}", f"attn pool {pool} balanced"):
         tp_ = _attention_ms(out[label])

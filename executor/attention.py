@@ -47,10 +47,13 @@ def causal_block(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Ten
         return q.new_zeros(q.shape)
     if use_flash(q):
         return flash_attn_func(q, k, v, causal=True)
-    mask = bottom_right_mask(q.shape[1], k.shape[1], q.device)
+    # Square block: top-left == bottom-right, and is_causal lets the kernel skip the masked
+    # half; otherwise the explicit bottom-right mask.
+    square = q.shape[1] == k.shape[1]
+    mask = None if square else bottom_right_mask(q.shape[1], k.shape[1], q.device)
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask,
-        enable_gqa=q.shape[2] != k.shape[2])                      # (b, H, q_len, d)
+        is_causal=square, enable_gqa=q.shape[2] != k.shape[2])    # (b, H, q_len, d)
     return out.transpose(1, 2)
 
 

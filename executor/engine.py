@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from executor.fapool import BaseRank, PoolRank
 from executor.groups import build_groups
-from executor.measure import Timer, wall
+from executor.measure import Timer, overlap, wall
 from executor.model import make_weights
 from executor.pipeline import StageRank
 from executor.runtime import Runtime
@@ -99,15 +99,23 @@ def run_case(plan: Plan, rank: int, device: torch.device, heartbeat, steps: int 
         if rank == 0:
             generated = torch.stack(out, dim=1).cpu()            # (b, output_len)
     heartbeat.set(1, "gather results")
-    mine = {"timings": timer.records(), "records": rt.records}
+    mine = {"timings": timer.records(), "records": rt.records, "trace": timer.trace,
+            "role": groups.info.role}
     gathered = [None] * plan.world_size if rank == 0 else None
     with timer.op("gather_results", comm=True):
         dist.gather_object(mine, gathered, dst=0, group=groups.world)
     if rank != 0:
         return None
-    result = {"ttft_s": ttft, "tpot_s": tpot, "per_rank_timings": [g["timings"] for g in gathered],
+    result = {"ttft_s": ttft, "tpot_s": tpot,
+              "per_rank_timings": [g["timings"] for g in gathered],
               "pool_size": rt.pool_size, "microbatches": len(rt.mb_rows),
               "balanced": rt.balanced}
+    if rt.pool_size and device.type == "cpu":
+        base = [iv[1:] for g in gathered if g["role"] == "base" for iv in g["trace"]
+                if iv[0] == "ffn"]
+        pool = [iv[1:] for g in gathered if g["role"] == "pool" for iv in g["trace"]
+                if iv[0] == "attention"]
+        result["overlap"] = overlap(pool, base)
     if verify:
         from executor.reference import verify as check
         merged = {}

@@ -23,6 +23,7 @@ import torch
 SLOT = struct.Struct("<i4xd48s")
 STATES = {0: "starting", 1: "computing", 2: "waiting on peers", 3: "done"}
 STARTING, COMPUTE, COMM, DONE = 0, 1, 2, 3
+TRACED = ("attention", "ffn")      # intervals kept to measure compute overlap (CPU only)
 
 
 class Heartbeat:
@@ -70,6 +71,7 @@ class Timer:
         self.heartbeat = heartbeat or Heartbeat(None, 0)
         self.enabled = False
         self._times = defaultdict(list)      # key -> [seconds | (start_event, end_event)]
+        self.trace = []                      # (op, start, end) perf_counter, TRACED ops only
 
     @contextmanager
     def op(self, name: str, comm: bool = False, **params):
@@ -88,8 +90,10 @@ class Timer:
         else:
             t0 = time.perf_counter()
             yield
-            self._times[(name, json.dumps(params, sort_keys=True))].append(
-                time.perf_counter() - t0)
+            t1 = time.perf_counter()
+            self._times[(name, json.dumps(params, sort_keys=True))].append(t1 - t0)
+            if name in TRACED:   # CLOCK_MONOTONIC: comparable across local processes
+                self.trace.append((name, t0, t1))
         if comm:
             self.heartbeat.set(COMPUTE, name)
 
@@ -105,6 +109,34 @@ class Timer:
 
     def reset(self) -> None:
         self._times.clear()
+        self.trace.clear()
+
+
+def _union(intervals: list) -> list:
+    out = []
+    for a, b in sorted(intervals):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return out
+
+
+def overlap(pool_intervals: list, base_intervals: list) -> dict:
+    """How much of the pool's attention time ran while the base computed its FFN:
+    |union(pool) & union(base)| / |union(pool)|, both sets of (start, end) seconds."""
+    pool, base = _union(pool_intervals), _union(base_intervals)
+    total = sum(b - a for a, b in pool)
+    both, i, j = 0.0, 0, 0
+    while i < len(pool) and j < len(base):
+        lo, hi = max(pool[i][0], base[j][0]), min(pool[i][1], base[j][1])
+        both += max(0.0, hi - lo)
+        if pool[i][1] < base[j][1]:
+            i += 1
+        else:
+            j += 1
+    return {"pool_attention_ms": total * 1e3, "overlapped_ms": both * 1e3,
+            "fraction": both / total if total else 0.0}
 
 
 def wall(device: torch.device) -> float:

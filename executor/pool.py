@@ -164,8 +164,7 @@ class PoolClient(PoolPlanBits):
                 blk = torch.cat([q[:, a:e] for a, e in segs], dim=1).contiguous()
                 sends.append((dist.isend(blk, dst=self.members[1 + p], tag=tag), blk))
         kv = torch.stack([k, v]).contiguous()                        # (2, b, s, KV, d)
-        with tm.op("broadcast", comm=True, bytes=kv.numel() * kv.element_size(),
-                   ranks=len(self.members), link=rt.link(self.members)):
+        with tm.op("broadcast_post", comm=True):      # async: issue only, waited later
             bcast = dist.broadcast(kv, src=self.members[0], group=self.group, async_op=True)
         gather = TreeGather(rt, self.members, [0] + [self.q_extent(p) for p in range(self.size)],
                             1, lambda e: (b, e, self.h, self.d), q.dtype,
@@ -202,8 +201,7 @@ class PoolClient(PoolPlanBits):
                     sends.append((dist.isend(part, dst=self.members[1 + p],
                                              tag=rt.tag(step, layer, j, KV_SEND)), part))
         else:
-            with tm.op("broadcast", comm=True, bytes=packed.numel() * packed.element_size(),
-                       ranks=len(self.members), link=rt.link(self.members)):
+            with tm.op("broadcast_post", comm=True):  # async: issue only, waited later
                 bcast = dist.broadcast(packed, src=self.members[0], group=self.group,
                                        async_op=True)
         tag = rt.tag(step, layer, j, TREE)

@@ -11,7 +11,7 @@ from planner.plan import Plan
 from planner.strategy import FAPoolStrategy, StaticStrategy
 
 # Ops timed only for the summary (waits, barriers): not microbenchmark-like samples.
-NOT_STORED = ("barrier", "gather_results", "wait_send", "wait_broadcast")
+NOT_STORED = ("barrier", "gather_results", "wait_send", "wait_broadcast", "broadcast_post")
 
 
 def _median_ms(xs):
@@ -39,6 +39,8 @@ def summary(plan: Plan, res: dict) -> dict:
         "decode_tps": wl.batch / (tpot / 1e3) if tpot else None,
         "ops": summarize_ops(res["per_rank_timings"]),
     }
+    if "overlap" in res:
+        out["overlap"] = res["overlap"]
     if "verify" in res:
         out["verify"] = res["verify"]
     return out
@@ -107,6 +109,10 @@ def table(summ: dict) -> str:
         lines.append(f"  {row['op']:<16}{row['calls']:>7}{row['total_ms']:>11.3f}"
                      f"{row['mean_ms']:>10.4f}{row['busiest_rank']:>8} "
                      f"({row['busiest_ms']:.2f})")
+    ov = summ.get("overlap")
+    if ov:
+        lines.append(f"  overlap: {ov['fraction']:.0%} of the pool's attention time "
+                     f"({ov['pool_attention_ms']:.2f} ms) ran during the base's FFN")
     v = summ.get("verify")
     if v:
         per_layer = ", ".join(f"{e:.2e}" for e in v["max_abs_err_attn"])

@@ -109,3 +109,14 @@ def test_verify_fails_on_a_perturbed_run():
     bad = verify(spec, w, torch.float32, "float32", prompt, gen,
                  {"logits": logits, "attn": bad_attn})
     assert not bad["passed"] and bad["max_abs_err_attn"][1] > 1e-4
+
+
+def test_overlap_measures_intersection_of_interval_unions():
+    from executor.measure import overlap
+    pool = [(0.0, 2.0), (1.0, 3.0), (5.0, 6.0)]      # union: [0,3] + [5,6] = 4 s
+    base = [(2.5, 5.5)]                              # meets [2.5,3] and [5,5.5]: 1 s
+    ov = overlap(pool, base)
+    assert ov["pool_attention_ms"] == pytest.approx(4000.0)
+    assert ov["overlapped_ms"] == pytest.approx(1000.0)
+    assert ov["fraction"] == pytest.approx(0.25)
+    assert overlap([], base)["fraction"] == 0.0
