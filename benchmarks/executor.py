@@ -91,6 +91,11 @@ def main(argv=None) -> int:
         (f"attn pool {pool} balanced", FAPoolStrategy(base_tp=1, threshold=1, pool_gpus=pool,
                                                       balanced=True), prefill_only),
     ]
+    for b in (1, pool):  # decode K/V placement: whole sequences per rank vs slices of each
+        for kv in ("split-batch", "split-seq"):
+            cases.append((f"decode {kv} b{b}", FAPoolStrategy(
+                base_tp=1, threshold=1, pool_gpus=pool, decode_kv=kv),
+                Workload(b, a.seq_len, 2 * a.output_len)))
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
         for i, (_, strategy, wl) in enumerate(cases):
@@ -124,6 +129,9 @@ def main(argv=None) -> int:
         print(f"attention split efficiency, {label[5:]}: in the run T1/(P*TP) = "
               f"{t1:.2f}/({pool}*{tp_:.2f}) = {t1 / (pool * tp_):.3f}; "
               f"same split in one process = {ideal:.3f}")
+    print("decode TPOT (ms) by K/V placement, pool of "
+          f"{pool}: " + "; ".join(f"{label[7:]} {out[label]['tpot_ms']:.2f}"
+                                  for label, _, _ in cases if label.startswith("decode")))
     return 0
 
 
