@@ -11,7 +11,7 @@ sequence fits.  With w_b the fraction of requests in b:
   tpot_p99_ms, ...      request-weighted 99th percentile over the buckets
   tps                   all requests served in batches of B_b (paper 4.4: input + output):
                         sum_b w_b (in_b + out_b) / sum_b w_b T_b / B_b
-  gpus                  GPUs the plan reserves: max over buckets of base + pool(longest input)
+  gpus                  GPUs the plan launches (its world size: base + max pool, or TP x PP)
   gpus_mean             GPUs in use, time-weighted (time share of b: w_b T_b / B_b)
 The SLOs apply to the p99 values (every request class but the rarest 1% meets them).
 
@@ -204,14 +204,12 @@ def aggregate(strategy: Strategy, buckets: list, per_bucket: list, slo: dict) ->
             reasons += why or [f"seq {b.input_len} {b.label}: {x}" for x in r["reasons"][:1]]
         rows.append(row)
     c = {"kind": _kind(strategy)[0], "name": strategy.describe(),
-         "strategy": strategy.to_dict(), "gpus": max(row["gpus"] for row in rows),
+         "strategy": strategy.to_dict(), "gpus": strategy.max_gpus,
+         "gpus_used_max": max(row["gpus"] for row in rows),
          "feasible": not reasons, "reasons": reasons, "buckets": rows, "meets_slo": None,
          "slo_reasons": []}
     if isinstance(strategy, FAPoolStrategy):
-        used = [row["pool_gpus"] for row in rows]
-        c["pool_gpus_max"] = max(used)
-        if not any(used):
-            c["note"] = "the pool is never activated on this workload"
+        c["pool_gpus_max"] = max(row["pool_gpus"] for row in rows)
     if reasons:
         c.update(tpot_ms=None, ttft_ms=None, tpot_p99_ms=None, ttft_p99_ms=None, tps=None,
                  gpus_mean=None)
@@ -258,7 +256,11 @@ def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload: RequestW
     space = space or SearchSpace()
     profile = profile or cluster.load_profile()
     buckets = workload.buckets()
-    strategies = enumerate_strategies(model, gpus, space)
+    # FA Pool plans whose pool this workload never activates are static TP=base PP=1 with
+    # idle GPUs reserved: dropped (the static candidate stands for them).
+    strategies = [s for s in enumerate_strategies(model, gpus, space)
+                  if not isinstance(s, FAPoolStrategy)
+                  or any(s.pool_size(b.max_input) for b in buckets)]
     require(bool(strategies), "--gpus", f"{gpus} GPUs admit no valid TP degree of {model.name}")
     planner = _Planner(model, buckets, batch, profile.device.hbm_bytes)
     plans = [[planner.bucket(s, i) for i in range(len(buckets))] for s in strategies]

@@ -19,6 +19,9 @@ SUBCOMMAND_MODULES = (
     "planner.cli.paper",
     "calibration.cli",
     "executor.cli",
+    "planner.cli.plan",
+    "planner.cli.validate",
+    "planner.cli.dashboard",
 )
 
 
