@@ -1,0 +1,52 @@
+"""`fapool dashboard`: start the Streamlit what-if dashboard (app.py at the repository top)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+from calibration.errors import InputError, require
+from planner.cli import options
+
+EPILOG = """example:
+  fapool dashboard                      # http://localhost:8501, opens a browser
+  fapool dashboard --port 8600 --headless --address 127.0.0.1
+"""
+APP = Path(__file__).resolve().parents[2] / "app.py"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("dashboard", help="start the Streamlit what-if dashboard",
+                              epilog=EPILOG, formatter_class=options.Formatter)
+    p.add_argument("--port", type=options._int, default=8501,
+                   help="port to serve on (default 8501)")
+    p.add_argument("--headless", action="store_true",
+                   help="do not open a browser (servers, CI)")
+    p.add_argument("--address", default=None,
+                   help="address to bind (default: Streamlit's, all interfaces)")
+    p.set_defaults(handler=run)
+
+
+def streamlit_command(port: int, headless: bool, address: str | None = None,
+                      app: Path = APP) -> list:
+    """The `streamlit run app.py ...` command line (validated)."""
+    require(1 <= port <= 65535, "--port", f"must be in 1..65535, got {port}")
+    require(app.is_file(), "dashboard", f"app.py not found at {app} (run from a source "
+                                        "checkout: pip install -e '.[app]')")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
+           "--browser.gatherUsageStats", "false"]
+    if headless:
+        cmd += ["--server.headless", "true"]
+    if address:
+        cmd += ["--server.address", address]
+    return cmd
+
+
+def run(args) -> int:
+    cmd = streamlit_command(args.port, args.headless, args.address)
+    for module in ("streamlit", "plotly"):
+        if importlib.util.find_spec(module) is None:
+            raise InputError("dashboard", f"{module} is not installed: pip install -e '.[app]'")
+    return subprocess.call(cmd, cwd=APP.parent)

@@ -1,0 +1,300 @@
+"""What the dashboard plots, as plain rows computed with the planner's APIs.
+
+Simulation functions take specs (frozen dataclasses, which st.cache_data hashes) and return
+plain dicts, so app.py can cache them.  Sweeps take the point function as an argument:
+app.py passes its cached wrapper, tests the plain one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import zipfile
+from pathlib import Path
+
+from calibration.errors import InputError
+from calibration.profile import Profile
+from planner.cluster import ClusterSpec
+from planner.model import ModelSpec
+from planner.plan import make_plan
+from planner.simulate import simulate
+from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
+from planner.workload import Workload
+from planner.dashboard.scenario import LABELS, Scenario
+
+HEAT_POOLS = (2, 4, 8, 16, 24, 32, 48, 56)
+_DIGESTS: dict = {}          # id(profile) -> (profile, digest); the profile kept alive
+
+
+def profile_digest(profile: Profile) -> str:
+    """Content hash of a profile, memoised per object: the cache key st.cache_data uses for
+    profiles (hash_funcs), instead of walking the whole dataclass on every call."""
+    hit = _DIGESTS.get(id(profile))
+    if hit is not None and hit[0] is profile:
+        return hit[1]
+    digest = hashlib.sha1(json.dumps(profile.to_dict(), sort_keys=True, default=str)
+                          .encode()).hexdigest()
+    if len(_DIGESTS) >= 64:
+        _DIGESTS.clear()
+    _DIGESTS[id(profile)] = (profile, digest)
+    return digest
+
+
+def canonical(strategy: Strategy, seq_len: int) -> Strategy:
+    """The same configuration with the FA Pool rule resolved for this length, so the cache
+    key does not change with parameters that do not change the simulation: at a given length
+    only the active pool size matters (pool_size(); layout puts the first P pool ranks on the
+    same nodes whatever max_pool is).  Tested equal to the original in test_dashboard_data."""
+    if not isinstance(strategy, FAPoolStrategy):
+        return strategy
+    pool = strategy.pool_size(seq_len)
+    if pool == 0:
+        return dataclasses.replace(strategy, threshold=seq_len + 1, tokens_per_pool_gpu=1,
+                                   max_pool=1, pool_gpus=None)
+    return dataclasses.replace(strategy, threshold=seq_len, tokens_per_pool_gpu=1,
+                               max_pool=pool, pool_gpus=pool)
+
+
+def _tps_interval(wl: Workload, ttft_iv, tpot_iv):
+    """TPS bounds from the interval ends: slowest TTFT and TPOT together give the low TPS.
+    Conservative (wider than the TPS percentiles), as both ends are rarely drawn together."""
+    if not ttft_iv or not tpot_iv:
+        return None
+    steps = wl.output_len - 1
+    return [wl.total_tokens / (ttft_iv[1] + steps * tpot_iv[1]),
+            wl.total_tokens / (ttft_iv[0] + steps * tpot_iv[0])]
+
+
+def point(model: ModelSpec, cluster: ClusterSpec, profile: Profile, strategy: Strategy,
+          workload: Workload, interval_samples: int = 0) -> dict:
+    """One configuration's predictions: the `fapool simulate --json` object, plus HBM
+    capacity and a TPS interval."""
+    result = simulate(model, cluster, strategy, workload, profile=profile, record=False,
+                      interval_samples=interval_samples)
+    out = result.to_json()
+    out["capacity_gb"] = profile.device.hbm_bytes / 1e9
+    out["tps_interval"] = _tps_interval(workload, result.ttft_interval, result.tpot_interval)
+    return out
+
+
+def sweep(sc: Scenario, kind: str, point_fn=point, lens=None) -> list:
+    """Predictions of one strategy over the curve's sequence lengths."""
+    strategy = sc.strategy(kind)
+    rows = []
+    for seq in lens or sc.curve_lens:
+        row = dict(point_fn(*sc.specs, canonical(strategy, seq), sc.workload(seq),
+                            sc.interval_samples))
+        row["strategy"] = {"name": strategy.describe(), **strategy.to_dict()}
+        row["label"] = LABELS[kind]
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------ timeline
+def timeline(model: ModelSpec, cluster: ClusterSpec, profile: Profile, strategy: Strategy,
+             workload: Workload) -> dict:
+    """Gantt rows of one simulated configuration: one row per (event, unit it occupies);
+    times in ms from the start of each phase (prefill and decode run on separate clocks)."""
+    result = simulate(model, cluster, strategy, workload, profile=profile, record=True,
+                      interval_samples=0)
+    out = {"feasible": result.feasible, "reasons": list(result.infeasible_reasons),
+           "ttft_ms": result.ttft_s and result.ttft_s * 1e3,
+           "tpot_ms": result.tpot_s and result.tpot_s * 1e3, "units": [], "rows": []}
+    if not result.feasible:
+        return out
+    order = sorted(result.units.values(), key=lambda u: (u.role != "base", u.ranks))
+    out["units"] = [{"name": u.name, "role": u.role,
+                     "ranks": f"{u.ranks[0]}-{u.ranks[-1]}" if len(u.ranks) > 1
+                     else str(u.ranks[0])} for u in order]
+    for ev in result.events:
+        for unit in ev.units:
+            out["rows"].append({"unit": unit, "role": result.units[unit].role, "kind": ev.kind,
+                                "name": ev.name, "phase": ev.phase, "mb": ev.microbatch,
+                                "layer": ev.layer, "start_ms": ev.start * 1e3,
+                                "end_ms": ev.end * 1e3})
+    return out
+
+
+# ------------------------------------------------------------------ heatmap
+def heat_axes(sc: Scenario) -> tuple:
+    """(thresholds, pools): powers of two from 512 to twice the longest length of the mix
+    (the last column never activates the pool), and pool sizes the cluster can hold."""
+    longest = max(length for length, _, _ in sc.workload_mix)
+    thresholds = [512]
+    while thresholds[-1] <= longest:
+        thresholds.append(thresholds[-1] * 2)
+    room = sc.cluster.total_gpus - sc.fapool.base_tp
+    return tuple(thresholds), tuple(p for p in HEAT_POOLS if p <= room)
+
+
+def heatmap(sc: Scenario, metric: str = "tpot", point_fn=point, progress=None) -> dict:
+    """Mix-weighted TPOT (ms, mean over requests) or TPS (total tokens / total time) of FA
+    Pool for each threshold x fixed pool size; each bucket of the mix runs as one batch of
+    sc.batch sequences of its mean lengths (planner.search's aggregation, without its
+    shrinking of the batch to what fits: here a cell is None when any bucket it needs does
+    not fit, its reason in `reasons`)."""
+    if metric not in ("tpot", "tps"):
+        raise InputError("metric", f"must be 'tpot' or 'tps', got {metric!r}")
+    thresholds, pools = heat_axes(sc)
+    mix = sc.workload_mix
+    base = sc.fapool
+    jobs = [(seq, out, p) for seq, out, _ in mix for p in (0,) + pools]
+    points = {}
+    for i, (seq, out, pool) in enumerate(jobs):
+        strategy = (dataclasses.replace(base, threshold=seq + 1) if pool == 0 else
+                    dataclasses.replace(base, threshold=seq, pool_gpus=pool))
+        points[seq, pool] = point_fn(*sc.specs, canonical(strategy, seq),
+                                     Workload(sc.batch, seq, out), 0)
+        if progress:
+            progress((i + 1) / len(jobs))
+    z, reasons = [], []
+    for pool in pools:
+        z_row, r_row = [], []
+        for threshold in thresholds:
+            runs = [(share, points[seq, pool if seq >= threshold else 0])
+                    for seq, _, share in mix]
+            bad = [r for _, r in runs if not r["feasible"]]
+            if bad:
+                z_row.append(None)
+                r_row.append(f"seq {bad[0]['seq_len']}: {bad[0]['infeasible_reasons'][0]}")
+                continue
+            if metric == "tpot":
+                z_row.append(sum(share * r["tpot_ms"] for share, r in runs))
+            else:
+                tokens = sum(share * sc.batch * (r["seq_len"] + r["output_len"]) for share, r in runs)
+                secs = sum(share * (r["ttft_ms"] + (r["output_len"] - 1) * r["tpot_ms"]) / 1e3
+                           for share, r in runs)
+                z_row.append(tokens / secs)
+            r_row.append("")
+        z.append(z_row)
+        reasons.append(r_row)
+    return {"metric": metric, "thresholds": list(thresholds), "pools": list(pools), "z": z,
+            "reasons": reasons, "mix": [list(m) for m in mix]}
+
+
+# ------------------------------------------------------------------ search
+def search_key(sc: Scenario, gpus: int, objective: str) -> str:
+    """Identifies the inputs a search result belongs to (a stale result is not shown)."""
+    return repr((sc.model, sc.cluster, sc.profile.name, sc.profile.device, sc.batch,
+                 sc.request_workload.summary(), sc.slo_tpot_ms, sc.slo_ttft_ms, gpus,
+                 objective, sc.fapool.decode_kv))
+
+
+def _slim(c: dict) -> dict:
+    return {"label": c["name"], "kind": c["kind"], "gpus": c["gpus"], "tpot_ms": c["tpot_ms"],
+            "ttft_ms": c["ttft_ms"], "tps": c["tps"], "feasible": c["feasible"],
+            "meets_slo": c["meets_slo"], "strategy": c["strategy"],
+            "tpot_ms_interval": c.get("tpot_ms_interval")}
+
+
+def run_search(sc: Scenario, gpus: int, objective: str = "tps", progress=None) -> dict:
+    """planner.search over the scenario's workload (trace or uniform mix) and batch;
+    progress(fraction) is called as simulations finish."""
+    from planner.search import SearchSpace, search
+
+    tick = (lambda done, total: progress(done / max(total, 1))) if progress else False
+    res = search(sc.model, sc.cluster, gpus, sc.request_workload, sc.slo_tpot_ms,
+                 sc.slo_ttft_ms, objective, progress=tick, batch=sc.batch, profile=sc.profile,
+                 space=SearchSpace(decode_kv=sc.fapool.decode_kv))
+    chosen = res.chosen or res.closest
+    feasible = sum(c["feasible"] for c in res.candidates)
+    summary = (f"{len(res.candidates)} candidates ({feasible} feasible), {res.simulations} "
+               f"simulations in {res.seconds:.1f} s; workload {res.workload['name']}.  ")
+    if res.chosen:
+        summary += (f"Chosen ({objective}): {res.chosen['name']}, {res.chosen['gpus']} GPUs, "
+                    f"TPOT {res.chosen['tpot_ms']:.4g} ms, TPS {res.chosen['tps']:,.0f}.")
+    else:
+        summary += res.reason
+    return {"candidates": [_slim(c) for c in res.candidates],
+            "pareto": [_slim(c) for c in res.pareto],
+            "chosen": _slim(chosen) if chosen else None, "summary": summary}
+
+
+def search_available() -> str | None:
+    """None when planner.search can be imported, else why not."""
+    try:
+        from planner.search import search  # noqa: F401
+    except ImportError as err:
+        return f"plan search unavailable: {err}"
+    return None
+
+
+# ------------------------------------------------------------------ measured vs predicted
+def store_comparison(path: str | Path) -> dict:
+    """Executor runs in the store at path: predicted (the plan's predictions, kept in the
+    run's meta) vs measured (median of e2e_prefill / e2e_decode samples), in ms.
+    Never creates a store: a missing file gives no rows and says so."""
+    from calibration.store import Store
+
+    path = Path(path)
+    if not path.is_file():
+        return {"rows": [], "runs": 0, "note": f"no measurement store at {path}"}
+    store = Store(path)
+    try:
+        runs = store.runs(kind="executor", status="complete")
+        rows, unpredicted = [], 0
+        for run in runs:
+            pred = run["meta"].get("predictions") or {}
+            if not pred:
+                unpredicted += 1
+                continue
+            for sample in store.samples(run_id=run["id"]):
+                metric = {"e2e_prefill": "ttft_ms", "e2e_decode": "tpot_ms"}.get(sample["op"])
+                if metric and pred.get(metric):
+                    p = sample["params"]
+                    rows.append({"run_id": run["id"], "plan_id": run["plan_id"],
+                                 "metric": metric.split("_")[0].upper(),
+                                 "strategy": run["meta"].get("strategy", p.get("strategy")),
+                                 "seq_len": p.get("seq_len"), "backend": run["backend"],
+                                 "predicted_ms": float(pred[metric]),
+                                 "measured_ms": sample["median_s"] * 1e3})
+    finally:
+        store.close()
+    note = (f"{len(runs)} executor run(s) in {path}"
+            + (f"; {unpredicted} without predictions in their plan (not shown)"
+               if unpredicted else ""))
+    return {"rows": rows, "runs": len(runs), "note": note}
+
+
+# ------------------------------------------------------------------ downloads
+def selected_plan(sc: Scenario):
+    """The selected strategy at the chosen length as a Plan, with the simulator's full
+    predictions (intervals included) computed for exactly this strategy."""
+    strategy, wl = sc.strategy(), sc.workload()
+    result = simulate(sc.model, sc.cluster, strategy, wl, profile=sc.profile, record=False,
+                      interval_samples=sc.interval_samples)
+    return make_plan(sc.model, sc.cluster, strategy, wl, sc.profile,
+                     predictions=result.to_json())
+
+
+def plan_json(sc: Scenario) -> bytes:
+    return (json.dumps(selected_plan(sc).to_dict(), indent=2) + "\n").encode()
+
+
+def launch_zip(sc: Scenario) -> bytes:
+    """plan.json and planner.launch's launch configs of the selected plan, zipped."""
+    from planner.launch import render_launch_configs
+
+    plan = selected_plan(sc)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
+        for name, text in sorted(render_launch_configs(plan).items()):
+            zf.writestr(str(name), text)
+    return buf.getvalue()
+
+
+def launch_available() -> str | None:
+    """None when planner.launch can render launch configs, else why not."""
+    try:
+        from planner.launch import render_launch_configs  # noqa: F401
+    except ImportError as err:
+        return f"launch configs unavailable: {err}"
+    return None
+
+
+def finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
