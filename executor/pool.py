@@ -311,15 +311,12 @@ class PoolWorker(PoolPlanBits):
                        lambda e: (e, b, 1, self.h, self.d + 1), torch.float32,
                        tag).send_up(self.idx, payload.contiguous())
             return
-        if self.kv_mode == "split-batch":
-            cache.append(k, v)
-            qm = q
-        else:   # replicated: every rank appends every row, computes its own rows
-            cache.append(k, v)
+        cache.append(k, v)
+        if self.kv_mode == "split-batch":      # the cache holds exactly this rank's rows
+            qm, kc, vc = q, cache.k, cache.v
+        else:                                  # replicated: all rows cached, compute mine
             qm = q[mine.start:mine.stop]
-        kc, vc = cache.k[mine.start:mine.stop], cache.v[mine.start:mine.stop]
-        if self.kv_mode == "split-batch":
-            kc, vc = cache.k, cache.v
+            kc, vc = cache.k[mine.start:mine.stop], cache.v[mine.start:mine.stop]
         out = q.new_zeros(0, 1, self.h, self.d)
         if len(mine):
             with tm.op("attention", **{**params, "batch": len(mine), "kv_len": cache.len}):

@@ -147,6 +147,11 @@ def test_bad_plan_refused_before_launch(tmp_path, capsys, monkeypatch):
     save_plan(_plan(TINY, fapool(pool=2), 1, 8, 2), good)
     assert main(["run", "--plan", str(good), "--nproc", "2", "--no-store"]) == 2
     assert "--nproc" in capsys.readouterr().err
+    not_a_store = tmp_path / "store.sqlite"
+    not_a_store.write_text("not a database")
+    assert main(["run", "--plan", str(good), "--store", str(not_a_store)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "store" in err
 
 
 @pytest.mark.slow
