@@ -121,9 +121,8 @@ def run_case(plan: Plan, rank: int, device: torch.device, heartbeat, steps: int 
         merged = {}
         for g in gathered:
             merged.update(g["records"])
-        got = _assemble(merged, spec.layers, rt.decode_steps)
-        result["verify"] = check(spec, weights, rt.dtype, plan.executor.dtype, prompt.cpu()
-                                 if device.type == "cpu" else prompt, generated.to(device),
-                                 {k: v.to(device) if torch.is_tensor(v) else
-                                  [t.to(device) for t in v] for k, v in got.items()})
+        got = _assemble(merged, spec.layers, rt.decode_steps)     # fp32, on the CPU
+        got = {"logits": got["logits"].to(device), "attn": [a.to(device) for a in got["attn"]]}
+        result["verify"] = check(spec, weights, rt.dtype, plan.executor.dtype, prompt,
+                                 generated.to(device), got)
     return result

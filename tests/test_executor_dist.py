@@ -168,6 +168,20 @@ def test_cli_run_json_with_verify(capsys):
     assert {"ttft_ms", "tpot_ms", "tps", "decode_tps", "ops"} <= set(summ)
 
 
-@pytest.mark.skip(reason="GPU path (NCCL, flash-attn, bf16) needs a CUDA GPU; none here")
-def test_gpu_flash_attention_verify():  # pragma: no cover
-    pass
+def _gpus() -> int:
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_gpus() < 2, reason="NCCL + flash-attn bf16 path needs >= 2 CUDA GPUs "
+                                        "(one rank per GPU); none here")
+def test_gpu_bf16_verify(capsys):  # pragma: no cover - needs GPUs
+    import json
+    pool = min(_gpus(), 4) - 1
+    code = main(["run", "--model", "tiny", "--kv-heads", "2", "--tp", "1", "--pool-gpus",
+                 str(pool), "--threshold", "8", "--seq-len", "61", "--batch", "2",
+                 "--output-len", "4", "--decode-kv", "split-seq", "--dtype", "bfloat16",
+                 "--steps", "1", "--verify", "--json", "--no-store"])
+    summ = json.loads(capsys.readouterr().out)
+    assert code == 0 and summ["verify"]["passed"], summ.get("verify")
