@@ -11,6 +11,7 @@ or hangs -> one line, exit 1, the run marked 'failed' in the store.
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -65,8 +66,6 @@ def _check_out(out: Path) -> None:
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
-    import os
-
     if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise InputError("--out", f"cannot write under {parent}")
 
@@ -125,8 +124,13 @@ def _measure(args, out: Path) -> int:
 
     sweep = microbench.sweep(args.quick)
     threads = max(1, cpu_cores() // world)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = {"quick": args.quick, "threads_per_process": threads, "device": device,
-            "link": "loopback"}
+            "link": "loopback", "loadavg_1min_at_start": load}
+    if load is not None and load > 0.5 * cpu_cores():
+        print(f"warning: this machine is busy (load average {load:.1f} on {cpu_cores()} "
+              "cores): timings will be slower and noisier than on an idle machine",
+              file=sys.stderr)
     print(f"calibrating: backend {backend}, {world} processes, {threads} thread(s) each, "
           f"{'quick' if args.quick else 'full'} sweep; store {store_path}", file=sys.stderr)
     try:
@@ -185,7 +189,7 @@ def _fit(store, runs: list[dict], name: str, store_path: Path):
 
     ids = [r["id"] for r in runs]
     samples = [s for rid in ids for s in store.samples(run_id=rid)]
-    newest = runs[-1]
+    newest = [r for r in runs if r["kind"] == "microbench"][-1]
     fp = newest["fingerprint"]
     world = newest["world_size"]
     threads = newest["meta"].get("threads_per_process", max(1, fp["cpu_cores"] // world))

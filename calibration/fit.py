@@ -11,9 +11,11 @@ covariance is the Gauss-Newton one, cov = (J^T J)^-1 * max(1, chi2 / dof) (curve
 pcov, scaled up when the model fits worse than the points' own noise, never down).
 Several starts (a small grid) guard against local minima of the max(compute, memory) kink.
 
-A parameter the points do not constrain (its Jacobian column is zero, e.g. launch_s when
-every point is large) is not invented: it is held at a stated prior (value, std, reason)
-that goes into the covariance diagonal and the curve's sources.
+A parameter the points do not constrain (its Jacobian column is zero, e.g. read_efficiency
+when every point is compute bound) is not invented: it is held at a stated prior (value,
+std, reason) or, for a fraction, centred in the interval the points allow; either way the
+curve's sources say so.  Where the cost is flatter than the linearisation claims (the
+max(compute, memory) kink), the std is widened by a scan (_widen_flat_directions).
 
 rmse_rel = sqrt(mean((predicted / measured - 1)^2)) over the points.
 """
@@ -125,8 +127,10 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
     """Fit one family (family 'link' needs peak_bandwidth; the others need device).
 
     fixed: name -> Fixed, held from the start.  priors: name -> Fixed, used only for a
-    parameter the points turn out not to constrain (default: the fitted start value with a
-    100 % std).  Raises ValueError with no points.
+    parameter the points turn out not to constrain (a zero Jacobian column).  Without a
+    prior such a parameter is, if a fraction, centred in the interval the points allow
+    (see _widen_flat_directions), else held at its start value with a 100 % std.
+    Raises ValueError with no points.
     """
     if not points:
         raise ValueError(f"no points to fit the {family} curve")
@@ -148,22 +152,20 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
         typical = [float(times.min()) if n in ("launch_s", "latency_s") else 1.0
                    for n in free]
         weak = [n for n, c, s in zip(free, col, typical) if c * s < 1e-6]
-        if not weak:
+        # fractions stay free: the scan below finds the interval the points allow
+        hold = [n for n in weak if n in priors or n not in curves.FRACTION_PARAMS]
+        if not hold:
             break
-        for name in weak:
+        for name in hold:
             value = dict(zip(free, x))[name]
             prior = priors.get(name) or Fixed(
                 value, abs(value), "not constrained by these points; 100 % uncertainty")
             fixed[name] = prior
             notes.append(f"{name} held at {prior.value:.4g} +- {prior.std:.2g}: "
                          f"{prior.reason}")
-    params = {n: fixed[n].value for n in fixed}
-    params.update(dict(zip(free, (float(v) for v in x))))
-
-    resid = _residuals(family, points, device, peak_bandwidth, params)
-    r = np.log1p(resid) / sigma
     dof = len(points) - len(free)
-    chi2 = float(r @ r)
+    chi2 = _cost(family, points, device, peak_bandwidth, free, fixed, x, sigma)
+    inflate = max(1.0, chi2 / dof) if dof > 0 else 1.0
     cov = np.zeros((len(names), len(names)))
     if free:
         # columns scaled to each parameter's size first: launch_s (~1e-6) next to
@@ -171,7 +173,6 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
         d = np.array([max(abs(v), float(times.min()) if n in ("launch_s", "latency_s")
                           else 1.0) for n, v in zip(free, x)])
         js = jac * d
-        inflate = max(1.0, chi2 / dof) if dof > 0 else 1.0
         cov_free = np.linalg.pinv(js.T @ js) * np.outer(d, d) * inflate
         idx = [names.index(n) for n in free]
         cov[np.ix_(idx, idx)] = cov_free
@@ -179,8 +180,11 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
         i = names.index(name)
         cov[i, i] = f.std ** 2
     if free:
-        _widen_flat_directions(cov, names, free, x, lambda xs: _cost(
+        x = _widen_flat_directions(cov, names, free, x, float(times.min()), notes, lambda xs: _cost(
             family, points, device, peak_bandwidth, free, fixed, xs, sigma) / inflate)
+    params = {n: fixed[n].value for n in fixed}
+    params.update(dict(zip(free, (float(v) for v in x))))
+    resid = _residuals(family, points, device, peak_bandwidth, params)
     if dof <= 0:
         notes.append(f"{len(points)} points for {len(free)} free parameters: an exact fit, so "
                      "rmse_rel says nothing; the std comes from the points' own uncertainty")
@@ -201,42 +205,59 @@ def _cost(family, points, device, peak_bandwidth, free, fixed, x, sigma) -> floa
     return float(r @ r)
 
 
-def _widen_flat_directions(cov, names, free, x, cost) -> None:
+def _widen_flat_directions(cov, names, free, x, tmin, notes, cost) -> np.ndarray:
     """Correct the linearised covariance where the cost is flatter than it claims.
 
     At the max(compute, memory) kink a parameter can act on one side only (raising
     read_efficiency past the kink changes nothing), so J^T J overstates how well it is
-    known.  For each free parameter, step 2 std either way (the others held): a quadratic
-    cost rises by >= 4 (in units where 1 std raises it by 1); if it rises by < 1, the step
-    is doubled until it does or the bound is reached, and the std (row and column of cov)
-    is scaled up to that step.  Cheap, and it only ever widens."""
+    known, or (zero Jacobian column) says nothing.  For each free parameter, step away
+    either way (the others held), doubling the step until the cost rises by 1 (in units
+    where 1 std raises it by 1: a quadratic cost reads 1 std = step / sqrt(rise)) or the
+    bound is reached.  The std becomes the wider reach.  A fraction that is flat up to a
+    bound on one side is moved to the middle of the interval the points allow, with half
+    its width as std, so draws stay inside it; the cost moves by < 1 there.
+    Returns the (possibly re-centred) free parameters; only ever widens cov."""
+    x = x.copy()
     base = cost(x)
     for j, name in enumerate(free):
         i = names.index(name)
         std = math.sqrt(max(cov[i, i], 0.0))
-        if std == 0.0:
-            continue
+        scale = tmin if name in ("launch_s", "latency_s") else max(abs(x[j]), 1e-3)
+        first = 2.0 * std if std > 0 else 0.1 * scale
         lo, hi = BOUNDS[name]
-        widest = std
+        reach = {}
         for sign in (1.0, -1.0):
-            step = 2.0 * std
+            step = first
             while True:
                 trial = x.copy()
                 trial[j] = min(max(x[j] + sign * step, lo), hi)
                 moved = abs(trial[j] - x[j])
                 rise = cost(trial) - base
-                if rise >= 1.0:      # quadratic reading: 1 std = moved / sqrt(rise)
-                    widest = max(widest, moved / math.sqrt(rise))
+                if rise >= 1.0:
+                    reach[sign] = (moved / math.sqrt(rise), False)
                     break
-                if trial[j] in (lo, hi) or step > 1e3 * std:  # at the bound, or no end
-                    if moved > 0:
-                        widest = max(widest, moved)
+                if trial[j] in (lo, hi) or step > 1e3 * first:  # at the bound / no end
+                    reach[sign] = (moved, True)
                     break
                 step *= 2.0
-        if widest > std:
-            factor = widest / std
-            cov[i, :] *= factor
-            cov[:, i] *= factor
+        (up, up_flat), (down, down_flat) = reach[1.0], reach[-1.0]
+        # (a fraction the data pin to its bound, e.g. points beating the peak, stays there)
+        if name in curves.FRACTION_PARAMS and (up_flat or down_flat) \
+                and min(up, down) > 1e-3 * first:
+            low, high = x[j] - down, x[j] + up
+            x[j] = 0.5 * (low + high)
+            wanted = 0.5 * (high - low)
+            if wanted > 2 * std:
+                notes.append(f"{name} is flat up to a bound: the points allow "
+                             f"[{low:.3g}, {high:.3g}]; centred there")
+        else:
+            wanted = max(std, up, down)
+        if std == 0.0:
+            cov[i, i] = wanted ** 2
+        elif wanted > std:
+            cov[i, :] *= wanted / std
+            cov[:, i] *= wanted / std
+    return x
 
 
 def _residuals(family, points, device, peak_bandwidth, params) -> np.ndarray:

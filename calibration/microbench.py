@@ -311,7 +311,7 @@ def run_collectives(sw: Sweep, backend: str, world: int, link: str, on_sample,
             while not ctx.join(timeout=1.0):
                 if time.monotonic() > end:
                     raise CollectiveError(f"collective benchmark did not finish within "
-                                          f"{deadline_s:.0f} s (a rank is stuck); killed")
+                                          f"{deadline_s:g} s (a rank is stuck or dead); workers killed")
         except mp.ProcessRaisedException as err:
             last = str(err).strip().splitlines()[-1] if str(err).strip() else "unknown error"
             raise CollectiveError(f"a collective worker failed: {last}") from None

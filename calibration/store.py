@@ -39,7 +39,7 @@ from calibration.fingerprint import fingerprint as machine_fingerprint
 SCHEMA_VERSION = 1
 APP = "fa-pool"
 APPLICATION_ID = 0x46415031  # "FAP1", in the SQLite header (PRAGMA application_id)
-RUN_KINDS = ("microbench", "executor", "import")
+RUN_KINDS = ("microbench", "executor")  # the kinds fa-pool writes; others are allowed
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
 REQUIRED_PARAMS = {
@@ -218,8 +218,10 @@ class Store:
             fingerprint: dict | None = None):
         """Open a run; yields a Run.  On normal exit its samples are committed and it is
         marked 'complete'; on an exception it is marked 'failed' and the error re-raised."""
-        if kind not in RUN_KINDS:
-            raise InputError("run.kind", f"must be one of {RUN_KINDS}, got {kind!r}")
+        if not (isinstance(kind, str) and kind.replace("_", "").isalnum()
+                and kind == kind.lower()):
+            raise InputError("run.kind", f"must be a lowercase word like {RUN_KINDS}, "
+                             f"got {kind!r}")
         fp = fingerprint or machine_fingerprint(gpu_model, device_count)
         try:
             meta_json = json.dumps(meta or {}, sort_keys=True)

@@ -147,7 +147,7 @@ def test_bad_samples_are_refused(tmp_path):
         with pytest.raises(InputError, match="kind"):
             run.add_sample(op="memory", params={"bytes": 8, "kind": "bogus"}, times_s=[1.0])
     with pytest.raises(InputError, match="run.kind"):
-        with store.run(kind="bogus"):
+        with store.run(kind="Not a kind!"):
             pass
 
 
