@@ -114,9 +114,9 @@ def _measure(args, out: Path) -> int:
 
     if args.world_size is not None and args.world_size < 1:  # before importing torch
         raise InputError("--world-size", f"must be at least 2, got {args.world_size}")
+    backend, world, device, gpu_model, gpu_count = _resolve_backend(args)
     store_path = Path(args.store) if args.store else default_store_path()
     store = Store(store_path)  # validates the file before any measuring
-    backend, world, device, gpu_model, gpu_count = _resolve_backend(args)
 
     import torch
 

@@ -124,6 +124,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path):
     one_line_error(fapool("calibrate", "--world-size", str(4 * (os.cpu_count() or 1) + 1),
                           "--out", out, "--store", str(tmp_path / "s.sqlite")),
                    "--world-size")
+    assert not (tmp_path / "s.sqlite").exists()  # refused before the store is created
     junk = tmp_path / "junk.sqlite"
     junk.write_bytes(b"not a database at all" * 50)
     one_line_error(fapool("calibrate", "--store", str(junk), "--out", out), "store")

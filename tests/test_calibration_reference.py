@@ -25,7 +25,9 @@ def close(a, b, path=""):
         for i, (x, y) in enumerate(zip(a, b)):
             close(x, y, f"{path}[{i}]")
     elif isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(float(a), float(b), rel_tol=1e-3, abs_tol=1e-12), (path, a, b)
+        # residual listings are rounded to 4 decimals: compare those absolutely
+        abs_tol = 2e-3 if ".residuals." in path else 1e-12
+        assert math.isclose(float(a), float(b), rel_tol=1e-3, abs_tol=abs_tol), (path, a, b)
     else:
         assert a == b, (path, a, b)
 
@@ -39,7 +41,6 @@ def regenerated():
 def test_shipped_yaml_equals_a_fresh_regeneration(name, regenerated):
     shipped = yaml.safe_load((DATA_DIR / f"{name}.yaml").read_text())
     fresh = yaml.safe_load(yaml.safe_dump(regenerated[name].to_dict()))
-    # residual listings are rounded; compare them loosely through the float rule too
     close(shipped, fresh, name)
 
 
