@@ -116,17 +116,17 @@ def render_sidebar() -> Scenario:
 
 def render_metrics(sc: Scenario, curves: dict) -> None:
     row = next(r for r in curves[LABELS[sc.selected]] if r["seq_len"] == sc.seq_len)
-    st.subheader(f"Selected: {sc.strategy().describe()} at {sc.seq_len} tokens")
+    st.subheader(f"Selected: {sc.model.name} on {sc.cluster.name}: {sc.strategy().describe()}"
+                 f" at {sc.seq_len} tokens")
     if not row["feasible"]:
         st.error("infeasible: " + "; ".join(row["infeasible_reasons"]))
         return
     cols = st.columns(5)
-    fmt = lambda iv: f"[{iv[0]:.4g} .. {iv[1]:.4g}]" if iv else None  # noqa: E731
-    cols[0].metric("TTFT (ms)", f"{row['ttft_ms']:.4g}", fmt(row["ttft_ms_interval"]),
-                   delta_color="off")
-    cols[1].metric("TPOT (ms)", f"{row['tpot_ms']:.4g}", fmt(row["tpot_ms_interval"]),
-                   delta_color="off")
-    cols[2].metric("TPS (tok/s)", f"{row['tps']:,.0f}", delta_color="off")
+    for col, key, label in ((cols[0], "ttft_ms", "TTFT (ms)"), (cols[1], "tpot_ms", "TPOT (ms)")):
+        iv = row[f"{key}_interval"]
+        col.metric(label, data.fmt(row[key]), iv and f"5-95 %: {data.fmt(iv[0])} .. "
+                   f"{data.fmt(iv[1])}", delta_color="off", delta_arrow="off")
+    cols[2].metric("TPS (tok/s)", f"{row['tps']:,.0f}")
     cols[3].metric("GPUs", f"{row['gpus']} ({row['pool_gpus']} pool)")
     cols[4].metric("comm share", f"{row['comm_fraction'] * 100:.1f} %")
     for slo, key, name in ((sc.slo_tpot_ms, "tpot_ms", "TPOT"), (sc.slo_ttft_ms, "ttft_ms", "TTFT")):
@@ -188,8 +188,10 @@ def render_heatmap(sc: Scenario) -> None:
     bar.empty()
     st.plotly_chart(figures.heatmap_figure(h), key="chart_heatmap")
     what = sc.request_workload.name
-    st.caption(f"FA Pool with base TP {sc.fapool.base_tp} and a fixed pool, over {what}; "
-               "lengths below the threshold run on the base group alone.")
+    st.caption(f"FA Pool with base TP {sc.fapool.base_tp} and a fixed pool over the request "
+               f"mix '{what}' (power-of-two buckets, each a batch of {sc.batch}); lengths below "
+               "the threshold run on the base group alone.  ✗: some bucket does not fit in "
+               "memory (hover for the reason).")
 
 
 def render_search(sc: Scenario) -> None:

@@ -35,8 +35,9 @@ def streamlit_command(port: int, headless: bool, address: str | None = None,
     require(1 <= port <= 65535, "--port", f"must be in 1..65535, got {port}")
     require(app.is_file(), "dashboard", f"app.py not found at {app} (run from a source "
                                         "checkout: pip install -e '.[app]')")
+    # No file watcher: it is for editing app.py, and it would watch the whole checkout.
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.port", str(port),
-           "--browser.gatherUsageStats", "false"]
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     if headless:
         cmd += ["--server.headless", "true"]
     if address:

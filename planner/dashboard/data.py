@@ -296,5 +296,8 @@ def launch_available() -> str | None:
     return None
 
 
-def finite(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value)
+def fmt(value: float) -> str:
+    """A duration in ms for a headline: 4 significant digits, thousands separated."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.4g}"

@@ -134,14 +134,15 @@ def memory_figure(groups: list, capacity_gb: float) -> go.Figure:
 
 def heatmap_figure(h: dict) -> go.Figure:
     unit = "TPOT (ms)" if h["metric"] == "tpot" else "TPS (tokens/s)"
-    text = [[("-" if v is None else f"{v:.3g}") for v in row] for row in h["z"]]
-    hover = [[(reason or f"{v:.4g}") if v is None or not reason else reason
-              for v, reason in zip(zr, rr)] for zr, rr in zip(h["z"], h["reasons"])]
+    text = [[("✗" if v is None else f"{v:.3g}") for v in row] for row in h["z"]]
+    hover = [[reason if v is None else "" for v, reason in zip(zr, rr)]
+             for zr, rr in zip(h["z"], h["reasons"])]
     fig = go.Figure(go.Heatmap(
         z=h["z"], x=[str(t) for t in h["thresholds"]], y=[str(p) for p in h["pools"]],
         text=text, texttemplate="%{text}", customdata=hover, colorbar=dict(title=unit),
         colorscale="Viridis", reversescale=h["metric"] == "tpot",
         hovertemplate="threshold %{x}, pool %{y} GPUs: %{text}<br>%{customdata}<extra></extra>"))
+    fig.update_traces(xgap=1, ygap=1)
     fig.update_layout(height=360, margin=dict(t=30, b=40),
                       xaxis_title="threshold (sequence length that activates the pool)",
                       yaxis_title="pool GPUs (fixed)")
