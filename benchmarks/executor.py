@@ -34,7 +34,7 @@ def _attention_ms(summ: dict) -> float:
 
 
 def _split_efficiency_in_process(spec, seq: int, pool: int, balanced: bool,
-                                 repeats: int = 5) -> float:
+                                 repeats: int = 30) -> float:
     """The same split timed in one process, one block after another (no contention):
     T(whole) / (P x max_p T(block p))."""
     import torch
