@@ -42,3 +42,17 @@ def positive_float(value, field: str) -> float:
     if not number > 0 or number != number or number == float("inf"):
         raise InputError(field, f"must be a positive finite number, got {value!r}")
     return number
+
+
+def read_json(path, field: str):
+    """Parse a JSON file; a missing or malformed file is an InputError naming field."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, IsADirectoryError):
+        raise InputError(field, f"no such file: {path}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(field, f"{path} is not valid JSON ({err.__class__.__name__})") from None

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from calibration.errors import InputError, positive_int, require
+from calibration.errors import InputError, positive_int, read_json, require
 
 ACTIVATIONS = ("gelu", "swiglu")
 NORMS = ("rmsnorm", "layernorm")
@@ -127,12 +126,7 @@ _HF_DTYPES = {"float32": 4, "float16": 2, "bfloat16": 2}
 def model_from_hf_config(path: str | Path) -> ModelSpec:
     """Read a Hugging Face config.json (LLaMA-style keys) from disk; never downloads."""
     path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("model", f"no such file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError("model", f"{path} is not valid JSON ({err.__class__.__name__})") from None
+    raw = read_json(path, "model")
     require(isinstance(raw, dict), "model", f"{path} must hold a JSON object")
     keys = {"layers": "num_hidden_layers", "hidden": "hidden_size",
             "heads": "num_attention_heads", "ffn": "intermediate_size", "vocab": "vocab_size"}

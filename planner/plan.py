@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from calibration.errors import InputError, positive_int, require
+from calibration.errors import InputError, read_json, require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.layout import Layout, build_layout
@@ -164,13 +164,6 @@ def plan_from_dict(raw: dict) -> Plan:
 
 
 def load_plan(path: str | Path) -> Plan:
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError("plan", f"no such file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError("plan", f"{path} is not valid JSON ({err.__class__.__name__})") from None
-    return plan_from_dict(raw)
+    return plan_from_dict(read_json(path, "plan"))
 
 
