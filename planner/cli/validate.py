@@ -2,25 +2,97 @@
 
 from __future__ import annotations
 
+import json
 import sys
+import tempfile
+from pathlib import Path
+
+from calibration.errors import InputError
 
 EPILOG = """examples:
   fapool validate --quick
-  fapool validate --plan out/plan/plan.json --store /tmp/s.sqlite --json
-"""
+  fapool validate --quick --store /tmp/fapool.sqlite --json
+  fapool validate --plan out/local/plan.json
+Runs each configuration with the executor (`fapool run`) on this machine, stores the
+measurements, reports predicted vs measured (error, MAPE), refits the profile from the store
+(microbenchmarks + the executor's operator timings) and reports the error again,
+leave-one-out: each configuration is predicted by a refit that did not see it."""
 
 
 def register(subparsers) -> None:
     from planner.cli.options import Formatter
     p = subparsers.add_parser("validate", help="measure the planner's error and refit it",
                               epilog=EPILOG, formatter_class=Formatter)
-    p.add_argument("--plan", default=None, help="validate this plan.json")
-    p.add_argument("--quick", action="store_true", help="a small set of configurations")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--plan", default=None,
+                      help="validate this plan.json (cluster local) at its length, 1/4 and "
+                           "1/16 of it, beside the other strategy")
+    what.add_argument("--quick", action="store_true",
+                      help="6 configurations (FA Pool, static; 3 lengths): a few minutes")
     p.add_argument("--store", default=None, help="measurement store (default: the user's)")
+    p.add_argument("--profile", default="local",
+                   help="profile predictions start from (default local)")
+    p.add_argument("--save-profile", default=None, metavar="YAML",
+                   help="write the profile refitted from every configuration here")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    sys.stderr.write("fapool validate: not implemented yet (work in progress)\n")
-    return 1
+    from calibration.profile import load_profile, save_profile
+    from calibration.store import Store, default_store_path
+    from planner.plan import load_plan
+    from planner.validate import default_configs, plan_configs, validate
+
+    if args.plan:
+        plan = load_plan(args.plan)
+        configs, model = plan_configs(plan), plan.model
+    else:
+        from planner.model import PRESETS
+        configs, model = default_configs(args.quick), PRESETS["tiny"]
+    profile = load_profile(args.profile)
+    store_path = Path(args.store) if args.store else default_store_path()
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    Store(store_path).close()                  # a bad store is refused before any run
+    if args.save_profile and not Path(args.save_profile).parent.is_dir():
+        raise InputError("--save-profile", f"no such directory: {Path(args.save_profile).parent}")
+
+    def say(msg):
+        print(f"fapool validate: {msg}", file=sys.stderr, flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="fapool-validate-") as tmp:
+        try:
+            report = validate(configs, store_path, Path(tmp), model, profile, say)
+        except RuntimeError as err:
+            sys.stderr.write(f"fapool validate: error: {err}\n")
+            return 1
+    refit = report.pop("refit_profile")
+    if args.save_profile:
+        save_profile(refit, args.save_profile)
+        say(f"wrote the refitted profile to {args.save_profile}")
+    report["store"] = str(store_path)
+    print(json.dumps(report) if args.json else format_report(report))
+    return 0
+
+
+def _f(x, d=2):
+    return "-" if x is None else f"{x:,.{d}f}"
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{'configuration':<28}{'TTFT ms pred/meas':>20}{'err %':>8}{'after':>8}"
+             f"{'TPOT ms pred/meas':>20}{'err %':>8}{'after':>8}"]
+    for c in r["configs"]:
+        p, m, a = c["predicted"], c["measured"], c["error_after_pct"]
+        e = c["error_before_pct"]
+        lines.append(f"{c['label']:<28}{_f(p['ttft_ms']):>9} /{_f(m['ttft_ms']):>9}"
+                     f"{_f(e['ttft_ms'], 1):>8}{_f(a['ttft_ms'], 1):>8}"
+                     f"{_f(p['tpot_ms']):>9} /{_f(m['tpot_ms']):>9}"
+                     f"{_f(e['tpot_ms'], 1):>8}{_f(a['tpot_ms'], 1):>8}")
+    for when in ("before", "after"):
+        s = r[when]
+        lines.append(f"{when:>6} refit: MAPE TTFT {_f(s['mape_ttft'], 1)} %, TPOT "
+                     f"{_f(s['mape_tpot'], 1)} %, FA Pool / baseline ratio "
+                     f"{_f(s['mape_ratio'], 1)} %")
+    lines.append(f"measured = {r['measure']}; after = {r['holdout']}; store {r['store']}")
+    return "\n".join(lines)

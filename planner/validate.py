@@ -1,0 +1,304 @@
+"""The closed loop: predict -> run the executor -> store -> refit -> predict again.
+
+Configurations fit this machine (cluster `local`, model `tiny`): FA Pool and the static
+baseline at several sequence lengths; each run measures prefill (TTFT) and decode (TPOT).
+Every configuration sets its micro-batch count, so planner and executor cut the batch alike
+(the executor uses strategy.microbatches, default 1; the simulator's default differs).
+
+Measured value: the MEASURE_QUANTILE-th percentile of the executor's per-step times (its
+e2e_prefill / e2e_decode samples in the store), not the median: on a shared CPU the slow
+steps are other processes taking the cores (Python's timeit documentation makes the same
+argument for its minimum).  The median is reported next to it.
+
+Refit, evaluated leave-one-out: for each configuration c, using only the other ones,
+  1. the profile is refitted (calibration.fit.fit_local) from this machine's microbenchmark
+     samples in the store, if any, plus the operator samples the executor timed while
+     running the other configurations (their per-step quantile, as above);
+  2. an end-to-end factor per phase and strategy kind, the geometric mean of measured /
+     predicted (refitted profile) over the other configurations of that kind, absorbs what
+     the simulator leaves out (Python dispatch between ops, the pipeline's token return);
+then c is predicted with both.  So no "after" figure uses c's own measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from calibration.errors import InputError, require
+from calibration.profile import Profile, load_profile
+from planner.cluster import PRESETS as CLUSTERS
+from planner.cluster import ClusterSpec
+from planner.model import PRESETS as MODELS
+from planner.model import ModelSpec
+from planner.plan import ExecutorSettings, Plan, make_plan, save_plan
+from planner.simulate import simulate
+from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
+from planner.workload import Workload
+
+MEASURE_QUANTILE = 10
+METRICS = ("ttft_ms", "tpot_ms")
+STEPS, WARMUP = 5, 2
+
+
+@dataclass(frozen=True)
+class Config:
+    label: str
+    strategy: Strategy
+    workload: Workload
+
+    @property
+    def kind(self) -> str:
+        return "fapool" if isinstance(self.strategy, FAPoolStrategy) else "static"
+
+
+def _fapool(pool: int, mb: int = 2) -> FAPoolStrategy:
+    return FAPoolStrategy(base_tp=1, threshold=16, max_pool=pool, pool_gpus=pool,
+                          microbatches=mb)
+
+
+def default_configs(quick: bool) -> list:
+    """FA Pool (base TP 1 + pool) and static TP 1 x PP 2, batch 2 in 2 micro-batches."""
+    lens = (64, 256, 1024) if quick else (64, 256, 512, 1024, 2048)
+    out = []
+    pools = (1,) if quick else (1, 2)
+    for n in lens:
+        wl = Workload(batch=2, input_len=n, output_len=16)
+        out.append(Config(f"static tp1 pp2 seq{n}", StaticStrategy(tp=1, pp=2,
+                                                                     microbatches=2), wl))
+        for p in pools:
+            out.append(Config(f"fapool tp1 pool{p} seq{n}", _fapool(p), wl))
+    return out
+
+
+def plan_configs(plan: Plan) -> list:
+    """--plan: the plan at its length and at 1/4 and 1/16 of it, with the static TP x PP
+    baseline of as many ranks beside each."""
+    require(plan.cluster.nodes == 1 and plan.cluster.name == "local", "plan.cluster",
+            f"validate runs plans on this machine (cluster 'local'), not {plan.cluster.name!r}")
+    s, wl = plan.strategy, plan.workload
+    out = []
+    for div in (1, 4, 16):
+        n = max(16, wl.input_len // div)
+        w = dataclasses.replace(wl, input_len=n)
+        if isinstance(s, FAPoolStrategy):
+            cfg = dataclasses.replace(s, threshold=min(s.threshold, n))
+            base = StaticStrategy(tp=s.base_tp, pp=2, microbatches=s.microbatches)
+        else:
+            cfg, base = s, FAPoolStrategy(base_tp=s.tp, threshold=1, pool_gpus=1, max_pool=1,
+                                          microbatches=s.microbatches)
+        out.append(Config(f"plan seq{n}", cfg, w))
+        out.append(Config(f"{'static' if isinstance(base, StaticStrategy) else 'fapool'} "
+                          f"seq{n}", base, w))
+    return out
+
+
+def local_cluster(world: int) -> ClusterSpec:
+    c = CLUSTERS["local"]
+    return dataclasses.replace(c, gpus_per_node=max(c.gpus_per_node, world))
+
+
+def predict(model: ModelSpec, cfg: Config, profile: Profile) -> dict:
+    cluster = local_cluster(cfg.strategy.max_gpus)
+    r = simulate(model, cluster, cfg.strategy, cfg.workload, profile=profile, record=False,
+                 interval_samples=0)
+    require(r.feasible, "config", f"{cfg.label} does not fit: {r.infeasible_reasons}")
+    return {"ttft_ms": r.ttft_s * 1e3, "tpot_ms": r.tpot_s * 1e3}
+
+
+# ------------------------------------------------------------------ measuring
+def run_executor(plan_path: Path, store: Path, steps: int = STEPS, warmup: int = WARMUP,
+                 timeout: float = 300.0) -> dict:
+    """`fapool run --plan P --json --store S` in a subprocess (planner never imports
+    torch); returns its JSON summary.  A failed run raises RuntimeError with its message."""
+    cmd = [sys.executable, "-m", "planner.cli", "run", "--plan", str(plan_path), "--json",
+           "--store", str(store), "--steps", str(steps), "--warmup", str(warmup),
+           "--timeout", str(timeout)]
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root,
+                          timeout=timeout + 120)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"executor run of {plan_path.name} failed: {last}")
+    return json.loads(proc.stdout)
+
+
+def _quantile_ms(times_s) -> float:
+    return float(np.percentile(times_s, MEASURE_QUANTILE)) * 1e3
+
+
+def measured_from_store(store, run_id: int) -> dict:
+    """Measured TTFT / TPOT (quantile and median) from a run's e2e samples."""
+    out = {}
+    for op, metric in (("e2e_prefill", "ttft_ms"), ("e2e_decode", "tpot_ms")):
+        samples = [s for s in store.samples(op=op, run_id=run_id)]
+        require(bool(samples), "store", f"run {run_id} has no {op} samples")
+        times = [t for s in samples for t in s["times_s"]]
+        out[metric] = _quantile_ms(times)
+        out[f"{metric}_median"] = float(np.median(times)) * 1e3
+        out[f"{metric}_steps"] = len(times)
+    return out
+
+
+# ------------------------------------------------------------------ refitting
+def robust_samples(samples: list) -> list:
+    """Samples with median_s replaced by the MEASURE_QUANTILE-th percentile of times_s."""
+    out = []
+    for s in samples:
+        s = dict(s)
+        if s.get("times_s"):
+            s["median_s"] = float(np.percentile(s["times_s"], MEASURE_QUANTILE))
+        out.append(s)
+    return out
+
+
+def microbench_samples(store) -> tuple:
+    """(samples, world size, fingerprint) of this store's newest machine's microbenchmark
+    runs (calibration.cli.select_runs), or ([], None, None) when there are none."""
+    from calibration.cli import select_runs
+    runs = store.runs(status="complete")
+    if not any(r["kind"] == "microbench" for r in runs):
+        return [], None, None
+    chosen = [r for r in select_runs(runs, None) if r["kind"] == "microbench"]
+    samples = [s for r in chosen for s in store.samples(run_id=r["id"])]
+    return samples, chosen[-1]["world_size"], chosen[-1]["fingerprint"]
+
+
+def refit_profile(store, executor_run_ids: list, base: Profile, name: str = "local-refit"
+                  ) -> Profile:
+    """Profile refitted from microbenchmark samples (if any) + the given executor runs'
+    operator samples (calibration.fit.fit_local)."""
+    from calibration.fit import fit_local
+    bench, world, fp = microbench_samples(store)
+    ex = [s for rid in executor_run_ids for s in store.samples(run_id=rid)
+          if not s["op"].startswith("e2e_")]
+    samples = robust_samples(bench + ex)
+    world = world or 2
+    ram = float((fp or {}).get("ram_bytes") or base.device.hbm_bytes * world)
+    provenance = {"runs": sorted({s["run_id"] for s in samples}),
+                  "method": "planner.validate: calibration.fit.fit_local on microbenchmark "
+                            f"+ executor operator samples (p{MEASURE_QUANTILE} of repeats)"}
+    return fit_local(samples, name, base.device.name, ram, world, provenance)
+
+
+def e2e_factors(rows: list) -> dict:
+    """{(kind, metric): geometric mean of measured / predicted} over rows (dicts with kind,
+    predicted, measured)."""
+    acc: dict = {}
+    for r in rows:
+        for m in METRICS:
+            acc.setdefault((r["kind"], m), []).append(
+                math.log(r["measured"][m] / r["predicted_refit"][m]))
+    return {k: math.exp(sum(v) / len(v)) for k, v in acc.items()}
+
+
+# ------------------------------------------------------------------ errors
+def _err(pred: float, meas: float) -> float:
+    return (pred - meas) / meas * 100.0
+
+
+def mape(rows: list, key: str, metric: str) -> float:
+    return float(np.mean([abs(_err(r[key][metric], r["measured"][metric])) for r in rows]))
+
+
+def ratio_errors(rows: list, key: str) -> list:
+    """|predicted FA Pool / baseline ratio / measured ratio - 1| in percent, per sequence
+    length (and pool size) where both strategies ran, per metric."""
+    out = []
+    by_len: dict = {}
+    for r in rows:
+        by_len.setdefault(r["seq_len"], {}).setdefault(r["kind"], []).append(r)
+    for n, kinds in sorted(by_len.items()):
+        if "static" not in kinds or "fapool" not in kinds:
+            continue
+        base = kinds["static"][0]
+        for fa in kinds["fapool"]:
+            for m in METRICS:
+                pred = fa[key][m] / base[key][m]
+                meas = fa["measured"][m] / base["measured"][m]
+                out.append({"seq_len": n, "config": fa["label"], "metric": m,
+                            "predicted": round(pred, 4), "measured": round(meas, 4),
+                            "error_pct": round(_err(pred, meas), 2)})
+    return out
+
+
+def summarize(rows: list, key: str) -> dict:
+    ratios = ratio_errors(rows, key)
+    return {"mape_ttft": round(mape(rows, key, "ttft_ms"), 2),
+            "mape_tpot": round(mape(rows, key, "tpot_ms"), 2),
+            "mape_ratio": round(float(np.mean([abs(r["error_pct"]) for r in ratios])), 2)
+            if ratios else None,
+            "ratios": ratios}
+
+
+# ------------------------------------------------------------------ the loop
+def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
+             profile: Profile | None = None, progress=None) -> dict:
+    """Run the loop over configs; returns the report (see the module docstring)."""
+    from calibration.store import Store
+    model = model or MODELS["tiny"]
+    profile = profile or load_profile("local")
+    require(len(configs) >= 3, "configs", "need at least 3 configurations")
+    dtype = {4: "float32", 2: "bfloat16"}.get(model.dtype_bytes, "float32")
+    rows = []
+    tick = progress or (lambda msg: None)
+    for i, cfg in enumerate(configs):
+        pred = predict(model, cfg, profile)
+        cluster = local_cluster(cfg.strategy.max_gpus)
+        plan = make_plan(model, cluster, cfg.strategy, cfg.workload, profile,
+                         {k: round(v, 4) for k, v in pred.items()},
+                         ExecutorSettings(dtype=dtype, timeout_s=300.0))
+        path = work_dir / f"plan_{i}.json"
+        save_plan(plan, path)
+        tick(f"[{i + 1}/{len(configs)}] {cfg.label}: running the executor")
+        summary = run_executor(path, store_path)
+        store = Store(store_path)
+        try:
+            meas = measured_from_store(store, summary["store_run_id"])
+        finally:
+            store.close()
+        rows.append({"label": cfg.label, "kind": cfg.kind, "plan_id": plan.plan_id,
+                     "strategy": cfg.strategy.describe(), "seq_len": cfg.workload.input_len,
+                     "batch": cfg.workload.batch, "output_len": cfg.workload.output_len,
+                     "run_id": summary["store_run_id"], "predicted": pred, "measured": meas})
+    store = Store(store_path)
+    try:
+        for i, row in enumerate(rows):
+            tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
+            others = [r["run_id"] for r in rows if r is not row]
+            refit = refit_profile(store, others, profile)
+            for r in rows:
+                if r is not row:
+                    r.setdefault("_fold", {})[row["label"]] = predict(
+                        model, configs[rows.index(r)], refit)
+            row["predicted_refit"] = predict(model, configs[i], refit)
+        for i, row in enumerate(rows):
+            train = [dict(r, predicted_refit=r["_fold"][row["label"]])
+                     for r in rows if r is not row]
+            factors = e2e_factors(train)
+            row["predicted_after"] = {
+                m: row["predicted_refit"][m] * factors.get((row["kind"], m), 1.0)
+                for m in METRICS}
+            row["e2e_factor"] = {m: round(factors.get((row["kind"], m), 1.0), 4)
+                                 for m in METRICS}
+        full = refit_profile(store, [r["run_id"] for r in rows], profile)
+    finally:
+        store.close()
+    for r in rows:
+        r.pop("_fold", None)
+        r["error_before_pct"] = {m: round(_err(r["predicted"][m], r["measured"][m]), 2)
+                                 for m in METRICS}
+        r["error_after_pct"] = {m: round(_err(r["predicted_after"][m], r["measured"][m]), 2)
+                                for m in METRICS}
+    return {"configs": rows, "before": summarize(rows, "predicted"),
+            "after": summarize(rows, "predicted_after"),
+            "measure": f"p{MEASURE_QUANTILE} of per-step times",
+            "holdout": "leave-one-out: profile refit + e2e factors without the config",
+            "refit_profile": full}
