@@ -122,7 +122,7 @@ def _measure(args, out: Path) -> int:
 
     from calibration import microbench
 
-    sweep = microbench.sweep(args.quick)
+    sweep = microbench.sweep(args.quick, device)
     threads = max(1, cpu_cores() // world)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = {"quick": args.quick, "threads_per_process": threads, "device": device,

@@ -56,8 +56,11 @@ class Sweep:
                 raise ValueError(f"collective size {b} is not a multiple of 4 bytes")
 
 
-def sweep(quick: bool) -> Sweep:
-    """Transformer-shaped points: decode (few tokens, q_len 1) through prefill."""
+def sweep(quick: bool, device: str = "cpu") -> Sweep:
+    """Transformer-shaped points: decode (few tokens, q_len 1) through prefill.
+    A GPU gets shapes large enough to reach its peaks (7B-70B layer sizes)."""
+    if device == "cuda":
+        return _gpu_sweep(quick)
     if quick:
         return Sweep(
             gemm=tuple((t, k, n) for k, n in ((512, 1536), (1024, 1024), (2048, 512))
@@ -90,6 +93,26 @@ def sweep(quick: bool) -> Sweep:
                      for n in (MB // 64, MB // 16, MB // 4, MB, 4 * MB, 16 * MB)),
         collective_bytes=tuple(1 << p for p in range(10, 27, 2)),  # 1 KB .. 64 MB
         warmup=2, min_repeats=5, max_repeats=30, budget_s=0.3)
+
+
+def _gpu_sweep(quick: bool) -> Sweep:
+    shapes = ((4096, 12288), (8192, 8192), (1024, 8192)) if quick else (
+        (4096, 12288), (4096, 4096), (4096, 16384), (16384, 4096), (8192, 8192), (1024, 8192))
+    tokens = (1, 64, 512, 4096) if quick else (1, 16, 64, 256, 1024, 4096, 8192)
+    seqs = (512, 2048, 8192) if quick else (512, 1024, 2048, 4096, 8192, 16384)
+    kvs = (1024, 16384) if quick else (1024, 4096, 16384, 32768)
+    return Sweep(
+        gemm=tuple((t, k, n) for k, n in shapes for t in tokens),
+        attention=tuple((max(1, 16384 // s), s, s, 32, 32, d, c) for s in seqs
+                        for d in (64, 128) for c in (False, True))
+        + tuple((max(1, 16384 // s), s, s, 32, 8, 128, True) for s in seqs)     # GQA
+        + tuple((16, 1, kv, 32, kvh, 128, False) for kv in kvs for kvh in (32, 8)),  # decode
+        memory=tuple((kind, n) for kind in ("norm", "activation", "copy")
+                     for n in ((4 * MB, 64 * MB) if quick else (MB, 4 * MB, 16 * MB, 64 * MB,
+                                                                 256 * MB))),
+        collective_bytes=tuple(1 << p for p in range(10, 29 if quick else 31, 3 if quick else 2)),
+        warmup=2 if quick else 5, min_repeats=5, max_repeats=10 if quick else 50,
+        budget_s=0.02 if quick else 0.2)
 
 
 def device_info() -> tuple[str, str | None, int]:

@@ -10,8 +10,8 @@ from calibration import microbench  # noqa: E402
 
 
 def test_sweeps_cover_what_the_issue_asks():
-    for quick in (True, False):
-        sw = microbench.sweep(quick)
+    for quick, device in ((True, "cpu"), (False, "cpu"), (True, "cuda"), (False, "cuda")):
+        sw = microbench.sweep(quick, device)
         tokens = {t for t, _, _ in sw.gemm}
         assert min(tokens) == 1 and max(tokens) >= 512            # decode .. prefill
         att = sw.attention
