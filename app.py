@@ -215,8 +215,8 @@ def render_search(sc: Scenario) -> None:
                 "baselines within the GPU budget for these inputs.")
         return
     found = stored[1]
-    st.plotly_chart(figures.pareto_figure(found["candidates"], found["pareto"], found["chosen"],
-                                          sc.slo_tpot_ms), key="chart_pareto")
+    st.plotly_chart(figures.pareto_figure(found["candidates"], found["pareto"], found["front"],
+                                          found["chosen"], sc.slo_tpot_ms), key="chart_pareto")
     st.caption(found["summary"])
 
 

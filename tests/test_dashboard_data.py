@@ -187,6 +187,14 @@ def test_heatmap_marks_cells_that_do_not_fit():
     assert h["z"][small][0] is None and "GB" in h["reasons"][small][0]
 
 
+def test_front_2d_keeps_only_undominated_points():
+    c = [dict(gpus=g, tpot_ms=t, feasible=f) for g, t, f in
+         ((8, 30.0, True), (8, 25.0, True), (16, 26.0, True), (16, 20.0, True),
+          (24, 1.0, False), (32, 20.0, True), (40, 10.0, True))]
+    assert [(x["gpus"], x["tpot_ms"]) for x in data.front_2d(c)] == \
+        [(8, 25.0), (16, 20.0), (40, 10.0)]
+
+
 # ------------------------------------------------------------------ store
 def _store_with_runs(path):
     with Store(path) as store:

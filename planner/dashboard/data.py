@@ -190,6 +190,18 @@ def _slim(c: dict) -> dict:
             "tpot_ms_interval": c.get("tpot_ms_interval")}
 
 
+def front_2d(candidates: list) -> list:
+    """The feasible candidates no other beats on both GPUs and TPOT (the search's own front
+    is over GPUs, TPOT and TPS together, so it holds points this plane shows as dominated)."""
+    best, out = math.inf, []
+    for c in sorted((c for c in candidates if c["feasible"]),
+                    key=lambda c: (c["gpus"], c["tpot_ms"])):
+        if c["tpot_ms"] < best:
+            best = c["tpot_ms"]
+            out.append(c)
+    return out
+
+
 def run_search(sc: Scenario, gpus: int, objective: str = "tps", progress=None) -> dict:
     """planner.search over the scenario's workload (trace or uniform mix) and batch;
     progress(fraction) is called as simulations finish."""
@@ -210,6 +222,7 @@ def run_search(sc: Scenario, gpus: int, objective: str = "tps", progress=None) -
         summary += res.reason
     return {"candidates": [_slim(c) for c in res.candidates],
             "pareto": [_slim(c) for c in res.pareto],
+            "front": [_slim(c) for c in front_2d(res.candidates)],
             "chosen": _slim(chosen) if chosen else None, "summary": summary}
 
 

@@ -151,18 +151,23 @@ def heatmap_figure(h: dict) -> go.Figure:
     return fig
 
 
-def pareto_figure(candidates: list, pareto: list, chosen: dict | None,
+def pareto_figure(candidates: list, pareto: list, front: list, chosen: dict | None,
                   slo: float | None = None) -> go.Figure:
-    """candidates / pareto / chosen: dicts with label, gpus, tpot_ms, feasible."""
+    """candidates / pareto (the search's GPUs x TPOT x TPS front) / front (GPUs x TPOT) /
+    chosen: dicts with label, kind, gpus, tpot_ms, feasible."""
     fig = go.Figure()
     for kind, color in (("fapool", "#1f77b4"), ("static", "#ff7f0e")):
         ok = [c for c in candidates if c["feasible"] and c["kind"] == kind]
         if ok:
             fig.add_trace(go.Scatter(x=[c["gpus"] for c in ok], y=[c["tpot_ms"] for c in ok],
                                      mode="markers", name=f"{kind} candidates",
-                                     marker=dict(color=color, opacity=0.5),
+                                     marker=dict(color=color, opacity=0.4, size=6),
                                      text=[c["label"] for c in ok]))
-    front = sorted(pareto, key=lambda c: c["gpus"])
+    if pareto:
+        fig.add_trace(go.Scatter(x=[c["gpus"] for c in pareto], y=[c["tpot_ms"] for c in pareto],
+                                 mode="markers", name="Pareto set (GPUs, TPOT, TPS)",
+                                 marker=dict(symbol="circle-open", size=10, color="black"),
+                                 text=[c["label"] for c in pareto]))
     if front:
         fig.add_trace(go.Scatter(x=[c["gpus"] for c in front], y=[c["tpot_ms"] for c in front],
                                  mode="lines+markers", name="Pareto front",
