@@ -10,9 +10,10 @@ Schema (version 1)::
              repeats)
 
 A run row is committed as 'running' before any sample; its samples and its final status
-('complete' or 'failed') are committed together when the ``with store.run(...)`` block
-ends.  A crash in between leaves the run 'running' with no samples (SQLite rolls the open
-transaction back), earlier runs intact, and fitting reads only 'complete' runs.
+('complete' or 'failed') are committed together, in one transaction, when the
+``with store.run(...)`` block ends.  A crash in between leaves the run 'running' with no
+samples, earlier runs intact (SQLite's journal rolls back any half-written transaction),
+and fitting reads only 'complete' runs.
 
 Sample parameter conventions (executor and fitting rely on them):
   gemm       {tokens, k, n, dtype_bytes}
@@ -120,11 +121,13 @@ def _check_sample(op, params, times_s) -> list:
 
 
 class Run:
-    """An open run: add samples; they are committed when the ``with`` block ends."""
+    """An open run: samples are validated as they come and written, with the run's final
+    status, in one short transaction when the ``with`` block ends (so a long run never
+    holds the database lock that other writers wait on)."""
 
-    def __init__(self, conn: sqlite3.Connection, run_id: int):
-        self._conn = conn
+    def __init__(self, run_id: int):
         self.id = run_id
+        self._rows: list[tuple] = []
 
     def add_sample(self, op: str, params: dict, times_s, dtype: str | None = None) -> None:
         times = _check_sample(op, params, times_s)
@@ -133,10 +136,8 @@ class Run:
             params_json = json.dumps(params, sort_keys=True)
         except (TypeError, ValueError) as err:
             raise InputError("sample.params", f"not JSON-serialisable ({err})") from None
-        self._conn.execute(
-            "INSERT INTO samples (run_id, op, params, dtype, times_s, median_s, spread, "
-            "repeats) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (self.id, op, params_json, dtype, json.dumps(times), median, spread, len(times)))
+        self._rows.append((self.id, op, params_json, dtype, json.dumps(times), median, spread,
+                           len(times)))
 
 
 class Store:
@@ -235,18 +236,27 @@ class Store:
             (kind, json.dumps(fp, sort_keys=True), fp.get("cpu_model"), fp.get("gpu_model"),
              int(fp.get("gpu_count") or device_count or 0), torch_version, backend,
              world_size, plan_id, _now(), meta_json))  # autocommit: the run row is durable
-        run = Run(conn, cur.lastrowid)
-        conn.execute("BEGIN")
+        run = Run(cur.lastrowid)
         try:
             yield run
         except BaseException:
-            conn.execute("UPDATE runs SET status='failed', finished=? WHERE id=?",
-                         (_now(), run.id))
-            conn.execute("COMMIT")
+            self._close_run(run, "failed")
             raise
-        conn.execute("UPDATE runs SET status='complete', finished=? WHERE id=?",
-                     (_now(), run.id))
-        conn.execute("COMMIT")
+        self._close_run(run, "complete")
+
+    def _close_run(self, run: Run, status: str) -> None:
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO samples (run_id, op, params, dtype, times_s, median_s, spread, "
+                "repeats) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", run._rows)
+            conn.execute("UPDATE runs SET status=?, finished=? WHERE id=?",
+                         (status, _now(), run.id))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     # ------------------------------------------------------------ reading
     def runs(self, kind: str | None = None, status: str | None = None) -> list[dict]:

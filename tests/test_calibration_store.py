@@ -73,7 +73,12 @@ def test_process_killed_mid_run_keeps_earlier_runs(tmp_path):
         store = Store({str(path)!r})
         with store.run(kind="microbench", backend="gloo", world_size=2) as run:
             run.add_sample(op="gemm", params={GEMM!r}, times_s=[1.0])
-            os._exit(9)   # killed: no commit, no status update
+            # killed in the middle of writing: a transaction is open, a sample half-stored
+            store._conn.execute("BEGIN IMMEDIATE")
+            store._conn.execute(
+                "INSERT INTO samples (run_id, op, params, dtype, times_s, median_s, spread, "
+                "repeats) VALUES (?, 'gemm', '{{}}', NULL, '[1.0]', 1.0, 0.0, 1)", (run.id,))
+            os._exit(9)
     """)
     proc = subprocess.run([sys.executable, "-c", script], timeout=60)
     assert proc.returncode == 9
