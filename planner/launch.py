@@ -57,7 +57,7 @@ def torchrun_script(plan: Plan, node: int) -> str:
         "# Run on that node; MASTER_ADDR is node 0's address (same value on every node).\n"
         "set -euo pipefail\n"
         'cd "$(dirname "$0")/.."\n'
-        'MASTER_ADDR="${MASTER_ADDR:?set MASTER_ADDR to node 0\'s address}"\n'
+        'MASTER_ADDR="${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"\n'
         f'MASTER_PORT="${{MASTER_PORT:-{MASTER_PORT}}}"\n'
         'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"\n'
         f"exec {_torchrun(len(counts), str(node), str(counts[node]), 'plan.json')}\n")

@@ -63,7 +63,7 @@ def progress_bar(progress, total: int, desc: str):
                 progress(state[0], total)
         return tick
     from tqdm import tqdm
-    bar = tqdm(total=total, desc=desc, unit="sim", leave=False)
+    bar = tqdm(total=total, desc=desc, unit="sim", leave=False, disable=None)  # off if no TTY
 
     def tock(n):
         if n is None:

@@ -1,0 +1,149 @@
+"""Plan search: shared simulations equal direct ones, Pareto front, SLO / budget handling."""
+
+import json
+
+import pytest
+
+from planner.cli import main
+from planner.cluster import resolve_cluster
+from planner.model import PRESETS
+from planner.pareto import dominates, pareto_front, weighted_percentile
+from planner.search import SearchSpace, enumerate_strategies, evaluate_strategy, search
+from planner.simulate import simulate
+from planner.strategy import FAPoolStrategy, StaticStrategy
+from planner.workload import Workload
+from planner.workloads import synthetic
+
+A100 = resolve_cluster("dgx-a100")
+PAPER = PRESETS["paper-4l"]
+SMALL = SearchSpace(thresholds=(1024, 4096, 16384), tokens_per_pool_gpu=(512, 2048),
+                    max_pools=(4, 8), max_base_tp=8, pipeline_degrees=(1, 2))
+WL = synthetic("mixed", 64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def result():
+    return search(PAPER, A100, 24, WL, batch=64, space=SMALL, workers=1, progress=False)
+
+
+def test_space_respects_the_budget_and_valid_tp():
+    for s in enumerate_strategies(PAPER, 24, SearchSpace()):
+        assert s.max_gpus <= 24
+        tp = s.base_tp if isinstance(s, FAPoolStrategy) else s.tp
+        assert PAPER.heads % tp == 0
+        if isinstance(s, FAPoolStrategy):
+            assert s.max_pool <= 32 and s.base_tp <= 8
+
+
+def test_shared_simulations_equal_direct_simulation_of_each_candidate(result):
+    """Candidates share (base TP, pool size, bucket) simulations; check a spread of them
+    against simulate() of the candidate's own strategy at each bucket's batch."""
+    feasible = [c for c in result.candidates if c["feasible"]]
+    assert len(feasible) > 10
+    for c in feasible[::7]:
+        s = result.strategy(c)
+        for row in c["buckets"]:
+            r = simulate(PAPER, A100, s, Workload(row["batch"], row["seq_len"],
+                                                  row["output_len"]),
+                         record=False, interval_samples=0)
+            assert r.feasible
+            assert row["tpot_ms"] == pytest.approx(r.tpot_s * 1e3, rel=1e-9)
+            assert row["ttft_ms"] == pytest.approx(r.ttft_s * 1e3, rel=1e-9)
+            assert row["pool_gpus"] == s.pool_size(row["max_seq_len"])
+
+
+def test_aggregate_matches_evaluate_strategy(result):
+    c = next(c for c in result.candidates if c["feasible"] and c["kind"] == "fapool")
+    direct = evaluate_strategy(PAPER, A100, result.strategy(c), WL, batch=64)
+    for key in ("tpot_ms", "ttft_ms", "tps", "tpot_p99_ms", "gpus"):
+        assert direct[key] == pytest.approx(c[key], rel=1e-9)
+
+
+def test_tps_is_tokens_over_time_of_all_requests(result):
+    c = next(c for c in result.candidates if c["feasible"])
+    tokens = sum(r.input_len + r.output_len for r in WL.requests)
+    # every request of bucket b served in batches of B_b taking T_b each
+    seconds = sum(row["weight"] * len(WL.requests) * row["total_s"] / row["batch"]
+                  for row in c["buckets"])
+    approx_tokens = sum(row["weight"] * len(WL.requests) * (row["seq_len"] + row["output_len"])
+                        for row in c["buckets"])
+    assert c["tps"] == pytest.approx(approx_tokens / seconds, rel=1e-9)
+    assert approx_tokens == pytest.approx(tokens, rel=0.02)     # bucket means round up
+
+
+def test_pareto_front_is_exactly_the_non_dominated_set(result):
+    front = result.pareto
+    feasible = [c for c in result.candidates if c["feasible"]]
+    assert front
+    for f in front:
+        assert not any(dominates(c, f) for c in feasible)
+    for c in feasible:
+        assert any(dominates(f, c) or (f["gpus"], f["tpot_ms"], f["tps"]) ==
+                   pytest.approx((c["gpus"], c["tpot_ms"], c["tps"])) for f in front)
+
+
+def test_chosen_maximises_tps_and_gpus_objective_minimises_gpus(result):
+    best = max(c["tps"] for c in result.candidates if c["feasible"])
+    assert result.chosen["tps"] == best
+    r = search(PAPER, A100, 24, WL, batch=64, space=SMALL, objective="gpus", workers=1,
+               progress=False, slo_tpot_ms=result.chosen["tpot_p99_ms"] * 2)
+    ok = [c for c in r.candidates if c["meets_slo"]]
+    assert r.chosen["gpus"] == min(c["gpus"] for c in ok)
+
+
+def test_unmeetable_slo_gives_no_plan_and_the_closest(result):
+    r = search(PAPER, A100, 24, WL, batch=64, space=SMALL, workers=1, progress=False,
+               slo_tpot_ms=1e-6)
+    assert r.chosen is None and r.closest is not None
+    assert "no plan meets the SLO" in r.reason
+    assert r.closest["tpot_p99_ms"] == min(c["tpot_p99_ms"] for c in r.candidates
+                                           if c["feasible"])
+
+
+def test_budget_below_memory_needs():
+    r = search(PRESETS["llama-2-70b"], A100, 1, synthetic("fixed:4096", 4), batch=8,
+               workers=1, progress=False)
+    assert r.chosen is None and r.closest is None
+    assert "no plan fits in memory" in r.reason and "GB" in r.reason
+    assert all(not c["feasible"] and c["reasons"] for c in r.candidates)
+
+
+def test_parallel_search_equals_serial_and_reports_progress():
+    calls = []
+    a = search(PAPER, A100, 16, WL, batch=64, space=SMALL, workers=1, progress=False)
+    b = search(PAPER, A100, 16, WL, batch=64, space=SMALL, workers=2,
+               progress=lambda done, total: calls.append((done, total)))
+    strip = lambda r: [{k: v for k, v in c.items() if not k.endswith("interval")}  # noqa
+                       for c in r.candidates]
+    assert strip(a) == strip(b)
+    assert calls and calls[-1][0] == calls[-1][1] == b.simulations
+
+
+def test_weighted_percentile_and_pareto_helpers():
+    assert weighted_percentile([1, 2, 3], [0.5, 0.4, 0.1], 50) == 1
+    assert weighted_percentile([1, 2, 3], [0.5, 0.4, 0.1], 90) == 2
+    assert weighted_percentile([1, 2, 3], [0.5, 0.4, 0.1], 99) == 3
+    a = {"gpus": 8, "tpot_ms": 10.0, "tps": 100.0, "feasible": True}
+    b = {"gpus": 16, "tpot_ms": 10.0, "tps": 90.0, "feasible": True}
+    c = {"gpus": 16, "tpot_ms": 5.0, "tps": 90.0, "feasible": True}
+    assert dominates(a, b) and not dominates(a, c) and not dominates(c, a)
+    assert pareto_front([a, b, c]) == [a, c]
+
+
+def test_plan_cli_slo_unmeetable_exit_2_and_nothing_written(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["plan", "--gpus", "16", "--workload", "fixed:2048", "--requests", "8",
+                 "--batch", "16", "--slo-tpot", "0.000001", "--out", str(out)])
+    cap = capsys.readouterr()
+    assert code == 2 and not out.exists()
+    assert "no plan meets the SLO" in cap.err and "closest" in cap.out
+
+
+def test_plan_cli_budget_too_small(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["plan", "--model", "llama-2-70b", "--gpus", "1", "--workload", "fixed:4096",
+                 "--requests", "4", "--batch", "8", "--out", str(out), "--json"])
+    cap = capsys.readouterr()
+    assert code == 2 and not out.exists()
+    assert "no plan fits in memory" in json.loads(cap.out)["reason"]
+    assert len(cap.err.strip().splitlines()) == 1
