@@ -85,8 +85,7 @@ def plan_configs(plan: Plan) -> list:
             f"validate runs plans on this machine (cluster 'local'), not {plan.cluster.name!r}")
     s, wl = plan.strategy, plan.workload
     out = []
-    for div in (1, 4, 16):
-        n = max(16, wl.input_len // div)
+    for n in sorted({max(16, wl.input_len // div) for div in (1, 4, 16)}):
         w = dataclasses.replace(wl, input_len=n)
         if isinstance(s, FAPoolStrategy):
             cfg = dataclasses.replace(s, threshold=min(s.threshold, n))

@@ -1,0 +1,114 @@
+"""fapool validate: error metrics, leave-one-out honesty, bad plans refused."""
+
+import json
+
+import pytest
+
+import planner.validate as V
+from calibration.profile import load_profile
+from planner.cli import main
+from planner.cluster import resolve_cluster
+from planner.model import PRESETS
+from planner.plan import make_plan, save_plan
+from planner.strategy import FAPoolStrategy, StaticStrategy
+from planner.workload import Workload
+
+
+def row(kind, seq, pred, meas, label=None):
+    return {"label": label or f"{kind}{seq}", "kind": kind, "seq_len": seq,
+            "predicted": {"ttft_ms": pred[0], "tpot_ms": pred[1]},
+            "measured": {"ttft_ms": meas[0], "tpot_ms": meas[1]}}
+
+
+def test_mape_and_ratio_errors():
+    rows = [row("static", 64, (1.0, 2.0), (2.0, 2.0)), row("fapool", 64, (3.0, 1.0), (3.0, 2.0))]
+    assert V.mape(rows, "predicted", "ttft_ms") == pytest.approx(25.0)      # 50 % and 0 %
+    assert V.mape(rows, "predicted", "tpot_ms") == pytest.approx(25.0)
+    ratios = {r["metric"]: r for r in V.ratio_errors(rows, "predicted")}
+    assert ratios["ttft_ms"]["predicted"] == 3.0 and ratios["ttft_ms"]["measured"] == 1.5
+    assert ratios["ttft_ms"]["error_pct"] == pytest.approx(100.0)
+    assert ratios["tpot_ms"]["error_pct"] == pytest.approx(-50.0)
+    assert V.summarize(rows, "predicted")["mape_ratio"] == pytest.approx(75.0)
+
+
+def test_e2e_factor_is_the_geometric_mean_per_kind_and_metric():
+    rows = [dict(row("static", 64, (0, 0), (2.0, 4.0)),
+                 predicted_refit={"ttft_ms": 1.0, "tpot_ms": 1.0}),
+            dict(row("static", 128, (0, 0), (8.0, 1.0)),
+                 predicted_refit={"ttft_ms": 1.0, "tpot_ms": 1.0})]
+    f = V.e2e_factors(rows)
+    assert f[("static", "ttft_ms")] == pytest.approx(4.0)
+    assert f[("static", "tpot_ms")] == pytest.approx(2.0)
+
+
+def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_path):
+    """Leave-one-out: a config's 'after' prediction must not change when its own
+    measurement changes, and its refit must exclude its own store run."""
+    configs = V.default_configs(quick=True)
+    fitted_without = []
+
+    def fake_run(path, store, **kw):
+        return {"store_run_id": int(path.stem.split("_")[1]) + 1}
+
+    def fake_refit(store, run_ids, base, name="x"):
+        fitted_without.append(set(range(1, len(configs) + 1)) - set(run_ids))
+        return base
+
+    def run(scale_first):
+        def fake_measured(store, run_id):
+            k = 3.0 * (scale_first if run_id == 1 else 1.0) * (1 + 0.1 * run_id)
+            return {"ttft_ms": k, "tpot_ms": k / 2}
+        monkeypatch.setattr(V, "measured_from_store", fake_measured)
+        return V.validate(configs, tmp_path / "s.sqlite", tmp_path, progress=None)
+
+    monkeypatch.setattr(V, "run_executor", fake_run)
+    monkeypatch.setattr(V, "refit_profile", fake_refit)
+    a, b = run(1.0), run(10.0)
+    assert a["configs"][0]["predicted_after"] == b["configs"][0]["predicted_after"]
+    # ... while a config of the same kind that trains on it does change
+    assert a["configs"][2]["kind"] == a["configs"][0]["kind"]
+    assert a["configs"][2]["predicted_after"] != b["configs"][2]["predicted_after"]
+    folds = fitted_without[:len(configs)]
+    assert folds == [{i} for i in range(1, len(configs) + 1)]
+    for key in ("before", "after"):
+        assert {"mape_ttft", "mape_tpot", "mape_ratio"} <= set(a[key])
+    for c in a["configs"]:
+        assert {"predicted", "measured", "error_before_pct", "error_after_pct"} <= set(c)
+
+
+def _local_plan(tmp_path, strategy=None):
+    cluster = V.local_cluster(3)
+    plan = make_plan(PRESETS["tiny"], cluster, strategy or FAPoolStrategy(
+        base_tp=1, threshold=16, pool_gpus=2, max_pool=2), Workload(2, 64, 8),
+        load_profile("dgx-a100"))
+    path = tmp_path / "plan.json"
+    save_plan(plan, path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_edited_plan_is_refused_with_one_line(tmp_path, capsys, command):
+    path = _local_plan(tmp_path)
+    raw = json.loads(path.read_text())
+    raw["groups"]["pool"] = [1]                      # no longer what the strategy implies
+    path.write_text(json.dumps(raw))
+    assert main([command, "--plan", str(path), "--store", str(tmp_path / "s.sqlite")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plan.groups" in err[0]
+
+
+def test_validate_refuses_a_plan_for_another_cluster(tmp_path, capsys):
+    plan = make_plan(PRESETS["paper-4l"], resolve_cluster("dgx-a100"), StaticStrategy(8, 2),
+                     Workload(8, 1024, 8), load_profile("dgx-a100"))
+    save_plan(plan, tmp_path / "p.json")
+    assert main(["validate", "--plan", str(tmp_path / "p.json"),
+                 "--store", str(tmp_path / "s.sqlite")]) == 2
+    assert "plan.cluster" in capsys.readouterr().err
+
+
+def test_plan_configs_pair_the_plan_with_a_baseline(tmp_path):
+    from planner.plan import load_plan
+    cfgs = V.plan_configs(load_plan(_local_plan(tmp_path)))
+    kinds = [c.kind for c in cfgs]
+    assert kinds.count("fapool") == kinds.count("static") == 2
+    assert sorted(c.workload.input_len for c in cfgs) == [16, 16, 64, 64]
