@@ -24,6 +24,7 @@ from planner.strategy import DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrateg
 
 UPLOAD = "upload / paste ..."
 THRESHOLDS = tuple(2 ** k for k in range(8, 17))          # 256 .. 65536
+LENGTHS = tuple(sorted(set(SEQ_LENS) | {3 * 2 ** k for k in range(9, 15)} | {65536}))
 TP_CHOICES = (1, 2, 4, 8, 16)
 
 HASH = {Profile: data.profile_digest}       # hashing a profile's fields on every call is slow
@@ -66,7 +67,7 @@ def render_sidebar() -> Scenario:
                        if own == UPLOAD else None)
         st.header("Workload")
         batch = st.number_input("batch (sequences)", 1, 1 << 20, 1024, key="batch")
-        seq_len = st.select_slider("sequence length (timeline, memory, plan)", SEQ_LENS,
+        seq_len = st.select_slider("sequence length (metrics, timeline, plan)", LENGTHS,
                                    16384, key="seq_len")
         source = st.radio("request mix (heatmap, search)",
                           ["uniform over the curve's lengths", "workload trace"], key="workload")
@@ -119,7 +120,7 @@ def render_metrics(sc: Scenario, curves: dict) -> None:
     st.subheader(f"Selected: {sc.model.name} on {sc.cluster.name}: {sc.strategy().describe()}"
                  f" at {sc.seq_len} tokens")
     if not row["feasible"]:
-        st.error("infeasible: " + "; ".join(row["infeasible_reasons"]))
+        st.warning("infeasible: " + "; ".join(row["infeasible_reasons"]))
         return
     cols = st.columns(5)
     for col, key, label in ((cols[0], "ttft_ms", "TTFT (ms)"), (cols[1], "tpot_ms", "TPOT (ms)")):
@@ -158,7 +159,7 @@ def render_timeline(sc: Scenario) -> None:
     phase = st.radio("phase", ["prefill", "decode"], horizontal=True, key="phase")
     tl = timeline(*sc.specs, data.canonical(sc.strategy(), sc.seq_len), sc.workload())
     if not tl["feasible"]:
-        st.error("infeasible: " + "; ".join(tl["reasons"]))
+        st.warning("infeasible: " + "; ".join(tl["reasons"]))
         return
     st.plotly_chart(figures.gantt_figure(tl, phase), key="chart_gantt")
     st.caption("Prefill: the first micro-batches simulated explicitly; decode: two steps of "

@@ -100,7 +100,8 @@ def gantt_figure(tl: dict, phase: str) -> go.Figure:
                       margin=dict(t=30, b=40), xaxis_title=f"{phase} time (ms)",
                       legend=dict(orientation="h", y=1.08))
     fig.update_yaxes(categoryorder="array", categoryarray=list(reversed(names)),
-                     title_text="unit")
+                     tickvals=names, ticktext=[f"{u['name']} (GPU {u['ranks']})"
+                                              for u in tl["units"]], title_text="unit")
     return fig
 
 
@@ -120,13 +121,19 @@ def memory_figure(groups: list, capacity_gb: float) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=[str(r["seq_len"]) for r in bad],
                 y=[r["memory_breakdown_gb"].get(role, {}).get("total", 0.0) for r in bad],
-                mode="markers+text", text=["✗ infeasible"] * len(bad), textposition="top center",
+                mode="markers+text", text=["infeasible"] * len(bad), textposition="top center",
                 marker=dict(symbol="x", size=12, color="red"), name="infeasible",
                 legendgroup="infeasible", showlegend=col == 1,
                 hovertext=["; ".join(r["infeasible_reasons"]) for r in bad]), row=1, col=col)
-        fig.add_hline(y=capacity_gb, line_color="red", line_dash="dash", row=1, col=col,
-                      annotation_text=f"HBM {capacity_gb:.0f} GB" if col == 1 else None)
+        line = dict(y=capacity_gb, line_color="red", line_dash="dash", row=1, col=col)
+        if col == 1:
+            line.update(annotation_text=f"HBM {capacity_gb:.0f} GB",
+                        annotation_position="top left")
+        fig.add_hline(**line)
         fig.update_xaxes(title_text="sequence length", type="category", row=1, col=col)
+    top = max([capacity_gb] + [r["memory_breakdown_gb"].get(role, {}).get("total", 0.0)
+                               for _, role, rows in groups for r in rows])
+    fig.update_yaxes(range=[0, top * 1.15])
     fig.update_layout(barmode="stack", height=380, margin=dict(t=40, b=40))
     fig.update_yaxes(title_text="GB per GPU", row=1, col=1)
     return fig
