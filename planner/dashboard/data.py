@@ -19,6 +19,7 @@ from calibration.errors import InputError
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.model import ModelSpec
+from planner.memory import choose_microbatches, fits, role_memory
 from planner.plan import make_plan
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
@@ -119,6 +120,13 @@ def timeline(model: ModelSpec, cluster: ClusterSpec, profile: Profile, strategy:
 
 
 # ------------------------------------------------------------------ heatmap
+def memory_reasons(sc: Scenario, strategy: Strategy, workload: Workload) -> list:
+    """Why the configuration does not fit in HBM ([] when it does): simulate's own check."""
+    capacity = sc.profile.device.hbm_bytes
+    microbatches = choose_microbatches(sc.model, strategy, workload, capacity)
+    return fits(role_memory(sc.model, strategy, workload, capacity, microbatches), capacity)
+
+
 def heat_axes(sc: Scenario) -> tuple:
     """(thresholds, pools): powers of two from 512 to twice the longest length of the mix
     (the last column never activates the pool), and pool sizes the cluster can hold."""
@@ -140,33 +148,41 @@ def heatmap(sc: Scenario, metric: str = "tpot", point_fn=point, progress=None) -
         raise InputError("metric", f"must be 'tpot' or 'tps', got {metric!r}")
     thresholds, pools = heat_axes(sc)
     mix = sc.workload_mix
-    base = sc.fapool
-    jobs = [(seq, out, p) for seq, out, _ in mix for p in (0,) + pools]
+    cases = {}                                   # (seq, pool) -> (strategy, workload)
+    for seq, out, _ in mix:
+        for pool in (0,) + pools:
+            strategy = (dataclasses.replace(sc.fapool, threshold=seq + 1) if pool == 0 else
+                        dataclasses.replace(sc.fapool, threshold=seq, pool_gpus=pool))
+            cases[seq, pool] = (canonical(strategy, seq), Workload(sc.batch, seq, out))
+    # Memory first (cheap, planner.memory as simulate checks it): only cells whose every
+    # bucket fits need simulations.
+    misfit = {k: memory_reasons(sc, *v) for k, v in cases.items()}
+    cells = {(t, p): [(seq, p if seq >= t else 0, share) for seq, _, share in mix]
+             for p in pools for t in thresholds}
+    needed = sorted({(seq, p) for runs in cells.values()
+                     if not any(misfit[seq, p] for seq, p, _ in runs) for seq, p, _ in runs})
     points = {}
-    for i, (seq, out, pool) in enumerate(jobs):
-        strategy = (dataclasses.replace(base, threshold=seq + 1) if pool == 0 else
-                    dataclasses.replace(base, threshold=seq, pool_gpus=pool))
-        points[seq, pool] = point_fn(*sc.specs, canonical(strategy, seq),
-                                     Workload(sc.batch, seq, out), 0)
+    for i, key in enumerate(needed):
+        points[key] = point_fn(*sc.specs, *cases[key], 0)
         if progress:
-            progress((i + 1) / len(jobs))
+            progress((i + 1) / len(needed))
     z, reasons = [], []
     for pool in pools:
         z_row, r_row = [], []
         for threshold in thresholds:
-            runs = [(share, points[seq, pool if seq >= threshold else 0])
-                    for seq, _, share in mix]
-            bad = [r for _, r in runs if not r["feasible"]]
+            runs = cells[threshold, pool]
+            bad = [(seq, misfit[seq, p]) for seq, p, _ in runs if misfit[seq, p]]
             if bad:
                 z_row.append(None)
-                r_row.append(f"seq {bad[0]['seq_len']}: {bad[0]['infeasible_reasons'][0]}")
+                r_row.append(f"seq {bad[0][0]}: {bad[0][1][0]}")
                 continue
+            rs = [(share, points[seq, p]) for seq, p, share in runs]
             if metric == "tpot":
-                z_row.append(sum(share * r["tpot_ms"] for share, r in runs))
+                z_row.append(sum(share * r["tpot_ms"] for share, r in rs))
             else:
-                tokens = sum(share * sc.batch * (r["seq_len"] + r["output_len"]) for share, r in runs)
+                tokens = sum(share * sc.batch * (r["seq_len"] + r["output_len"]) for share, r in rs)
                 secs = sum(share * (r["ttft_ms"] + (r["output_len"] - 1) * r["tpot_ms"]) / 1e3
-                           for share, r in runs)
+                           for share, r in rs)
                 z_row.append(tokens / secs)
             r_row.append("")
         z.append(z_row)
