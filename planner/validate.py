@@ -8,15 +8,18 @@ Every configuration sets its micro-batch count, so planner and executor cut the 
 Measured value: the MEASURE_QUANTILE-th percentile of the executor's per-step times (its
 e2e_prefill / e2e_decode samples in the store), not the median: on a shared CPU the slow
 steps are other processes taking the cores (Python's timeit documentation makes the same
-argument for its minimum).  The median is reported next to it.
+argument for its minimum).  Every configuration runs `repeats` times, in passes of
+alternating order, and keeps its lowest value; the median is reported next to it.
 
 Refit, evaluated leave-one-out: for each configuration c, using only the other ones,
   1. the profile is refitted (calibration.fit.fit_local) from this machine's microbenchmark
      samples in the store, if any, plus the operator samples the executor timed while
      running the other configurations (their per-step quantile, as above);
-  2. an end-to-end factor per phase and strategy kind, the geometric mean of measured /
-     predicted (refitted profile) over the other configurations of that kind, absorbs what
-     the simulator leaves out (Python dispatch between ops, the pipeline's token return);
+  2. an end-to-end correction per phase and strategy kind absorbs what the simulator
+     leaves out: measured = a + b * predicted (refitted profile), least squares in relative
+     error over the other configurations of that kind (a: per-step costs it does not model,
+     e.g. Python dispatch between ops, the pipeline's token return; b: a mis-scaled curve);
+     with fewer than 3 of them, b alone (geometric mean of measured / predicted);
 then c is predicted with both.  So no "after" figure uses c's own measurements.
 """
 
@@ -66,7 +69,7 @@ def _fapool(pool: int, mb: int = 2) -> FAPoolStrategy:
 
 def default_configs(quick: bool) -> list:
     """FA Pool (base TP 1 + pool) and static TP 1 x PP 2, batch 2 in 2 micro-batches."""
-    lens = (64, 256, 1024) if quick else (64, 256, 512, 1024, 2048)
+    lens = (64, 256, 512, 1024) if quick else (64, 256, 512, 1024, 2048)
     out = []
     pools = (1,) if quick else (1, 2)
     for n in lens:
@@ -187,15 +190,26 @@ def refit_profile(store, executor_run_ids: list, base: Profile, name: str = "loc
     return fit_local(samples, name, base.device.name, ram, world, provenance)
 
 
-def e2e_factors(rows: list) -> dict:
-    """{(kind, metric): geometric mean of measured / predicted} over rows (dicts with kind,
-    predicted, measured)."""
+def e2e_corrections(rows: list) -> dict:
+    """{(kind, metric): (a, b)} with measured ~ a + b * predicted_refit over rows of that
+    kind: least squares on relative errors ((a + b p) / m - 1) with 3 or more rows, else
+    a = 0 and b the geometric mean of m / p."""
     acc: dict = {}
     for r in rows:
         for m in METRICS:
-            acc.setdefault((r["kind"], m), []).append(
-                math.log(r["measured"][m] / r["predicted_refit"][m]))
-    return {k: math.exp(sum(v) / len(v)) for k, v in acc.items()}
+            acc.setdefault((r["kind"], m), []).append((r["predicted_refit"][m],
+                                                       r["measured"][m]))
+    out = {}
+    for key, pts in acc.items():
+        p = np.array([x for x, _ in pts])
+        meas = np.array([y for _, y in pts])
+        if len(pts) >= 3:
+            design = np.vstack([np.ones_like(p), p]).T / meas[:, None]
+            (a, b), *_ = np.linalg.lstsq(design, np.ones_like(p), rcond=None)
+            out[key] = (float(a), float(b))
+        else:
+            out[key] = (0.0, float(math.exp(np.mean(np.log(meas / p)))))
+    return out
 
 
 # ------------------------------------------------------------------ errors
@@ -239,15 +253,16 @@ def summarize(rows: list, key: str) -> dict:
 
 # ------------------------------------------------------------------ the loop
 def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
-             profile: Profile | None = None, progress=None) -> dict:
+             profile: Profile | None = None, progress=None, repeats: int = 2) -> dict:
     """Run the loop over configs; returns the report (see the module docstring)."""
     from calibration.store import Store
     model = model or MODELS["tiny"]
     profile = profile or load_profile("local")
     require(len(configs) >= 3, "configs", "need at least 3 configurations")
+    require(repeats >= 1, "--repeats", f"must be >= 1, got {repeats}")
     dtype = {4: "float32", 2: "bfloat16"}.get(model.dtype_bytes, "float32")
-    rows = []
     tick = progress or (lambda msg: None)
+    plans = []
     for i, cfg in enumerate(configs):
         pred = predict(model, cfg, profile)
         cluster = local_cluster(cfg.strategy.max_gpus)
@@ -256,22 +271,37 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
                          ExecutorSettings(dtype=dtype, timeout_s=300.0))
         path = work_dir / f"plan_{i}.json"
         save_plan(plan, path)
-        tick(f"[{i + 1}/{len(configs)}] {cfg.label}: running the executor")
-        summary = run_executor(path, store_path)
-        store = Store(store_path)
-        try:
-            meas = measured_from_store(store, summary["store_run_id"])
-        finally:
-            store.close()
+        plans.append((plan, path, pred))
+    runs: dict = {i: [] for i in range(len(configs))}
+    for rep in range(repeats):
+        order = range(len(configs)) if rep % 2 == 0 else reversed(range(len(configs)))
+        for i in order:
+            tick(f"pass {rep + 1}/{repeats} [{i + 1}/{len(configs)}] {configs[i].label}: "
+                 "running the executor")
+            summary = run_executor(plans[i][1], store_path)
+            store = Store(store_path)
+            try:
+                runs[i].append((summary["store_run_id"],
+                                measured_from_store(store, summary["store_run_id"])))
+            finally:
+                store.close()
+    rows = []
+    for i, cfg in enumerate(configs):
+        plan, _, pred = plans[i]
+        meas = {}
+        for m in METRICS:
+            best = min(runs[i], key=lambda r: r[1][m])[1]
+            meas.update({m: best[m], f"{m}_median": best[f"{m}_median"]})
         rows.append({"label": cfg.label, "kind": cfg.kind, "plan_id": plan.plan_id,
                      "strategy": cfg.strategy.describe(), "seq_len": cfg.workload.input_len,
                      "batch": cfg.workload.batch, "output_len": cfg.workload.output_len,
-                     "run_id": summary["store_run_id"], "predicted": pred, "measured": meas})
+                     "run_ids": [rid for rid, _ in runs[i]], "predicted": pred,
+                     "measured": meas})
     store = Store(store_path)
     try:
         for i, row in enumerate(rows):
             tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
-            others = [r["run_id"] for r in rows if r is not row]
+            others = [rid for r in rows if r is not row for rid in r["run_ids"]]
             refit = refit_profile(store, others, profile)
             for r in rows:
                 if r is not row:
@@ -281,13 +311,14 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
         for i, row in enumerate(rows):
             train = [dict(r, predicted_refit=r["_fold"][row["label"]])
                      for r in rows if r is not row]
-            factors = e2e_factors(train)
-            row["predicted_after"] = {
-                m: row["predicted_refit"][m] * factors.get((row["kind"], m), 1.0)
-                for m in METRICS}
-            row["e2e_factor"] = {m: round(factors.get((row["kind"], m), 1.0), 4)
-                                 for m in METRICS}
-        full = refit_profile(store, [r["run_id"] for r in rows], profile)
+            corr = e2e_corrections(train)
+            row["predicted_after"] = {}
+            row["e2e_correction"] = {}
+            for m in METRICS:
+                a, b = corr.get((row["kind"], m), (0.0, 1.0))
+                row["predicted_after"][m] = a + b * row["predicted_refit"][m]
+                row["e2e_correction"][m] = {"a_ms": round(a, 4), "b": round(b, 4)}
+        full = refit_profile(store, [rid for r in rows for rid in r["run_ids"]], profile)
     finally:
         store.close()
     for r in rows:
@@ -298,6 +329,6 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
                                 for m in METRICS}
     return {"configs": rows, "before": summarize(rows, "predicted"),
             "after": summarize(rows, "predicted_after"),
-            "measure": f"p{MEASURE_QUANTILE} of per-step times",
+            "measure": f"p{MEASURE_QUANTILE} of per-step times, lowest of {repeats} run(s)",
             "holdout": "leave-one-out: profile refit + e2e factors without the config",
             "refit_profile": full}

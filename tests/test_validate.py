@@ -31,14 +31,20 @@ def test_mape_and_ratio_errors():
     assert V.summarize(rows, "predicted")["mape_ratio"] == pytest.approx(75.0)
 
 
-def test_e2e_factor_is_the_geometric_mean_per_kind_and_metric():
-    rows = [dict(row("static", 64, (0, 0), (2.0, 4.0)),
-                 predicted_refit={"ttft_ms": 1.0, "tpot_ms": 1.0}),
-            dict(row("static", 128, (0, 0), (8.0, 1.0)),
-                 predicted_refit={"ttft_ms": 1.0, "tpot_ms": 1.0})]
-    f = V.e2e_factors(rows)
-    assert f[("static", "ttft_ms")] == pytest.approx(4.0)
-    assert f[("static", "tpot_ms")] == pytest.approx(2.0)
+def test_e2e_correction_scale_with_two_points_affine_with_three():
+    two = [dict(row("static", 64, (0, 0), (2.0, 4.0)),
+                predicted_refit={"ttft_ms": 1.0, "tpot_ms": 1.0}),
+           dict(row("static", 128, (0, 0), (8.0, 1.0)),
+                predicted_refit={"ttft_ms": 1.0, "tpot_ms": 1.0})]
+    c = V.e2e_corrections(two)
+    assert c[("static", "ttft_ms")] == pytest.approx((0.0, 4.0))       # geometric mean
+    assert c[("static", "tpot_ms")] == pytest.approx((0.0, 2.0))
+    # measured = 1.5 + 2 * predicted exactly: the affine fit recovers it
+    three = [dict(row("fapool", n, (0, 0), (1.5 + 2 * p, 1.5 + 2 * p)),
+                  predicted_refit={"ttft_ms": p, "tpot_ms": p})
+             for n, p in ((64, 1.0), (128, 3.0), (256, 7.0))]
+    a, b = V.e2e_corrections(three)[("fapool", "ttft_ms")]
+    assert (a, b) == (pytest.approx(1.5), pytest.approx(2.0))
 
 
 def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_path):
@@ -47,7 +53,7 @@ def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_pat
     configs = V.default_configs(quick=True)
     fitted_without = []
 
-    def fake_run(path, store, **kw):
+    def fake_run(path, store, **kw):            # run id = config index + 1
         return {"store_run_id": int(path.stem.split("_")[1]) + 1}
 
     def fake_refit(store, run_ids, base, name="x"):
@@ -57,9 +63,10 @@ def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_pat
     def run(scale_first):
         def fake_measured(store, run_id):
             k = 3.0 * (scale_first if run_id == 1 else 1.0) * (1 + 0.1 * run_id)
-            return {"ttft_ms": k, "tpot_ms": k / 2}
+            return {"ttft_ms": k, "tpot_ms": k / 2, "ttft_ms_median": k, "tpot_ms_median": k}
         monkeypatch.setattr(V, "measured_from_store", fake_measured)
-        return V.validate(configs, tmp_path / "s.sqlite", tmp_path, progress=None)
+        return V.validate(configs, tmp_path / "s.sqlite", tmp_path, progress=None,
+                          repeats=1)
 
     monkeypatch.setattr(V, "run_executor", fake_run)
     monkeypatch.setattr(V, "refit_profile", fake_refit)

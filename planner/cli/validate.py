@@ -28,7 +28,9 @@ def register(subparsers) -> None:
                       help="validate this plan.json (cluster local) at its length, 1/4 and "
                            "1/16 of it, beside the other strategy")
     what.add_argument("--quick", action="store_true",
-                      help="6 configurations (FA Pool, static; 3 lengths): a few minutes")
+                      help="8 configurations (FA Pool, static; 4 lengths): a few minutes")
+    p.add_argument("--repeats", type=int, default=2,
+                   help="runs per configuration, the fastest kept (default 2)")
     p.add_argument("--store", default=None, help="measurement store (default: the user's)")
     p.add_argument("--profile", default="local",
                    help="profile predictions start from (default local)")
@@ -62,7 +64,8 @@ def run(args) -> int:
 
     with tempfile.TemporaryDirectory(prefix="fapool-validate-") as tmp:
         try:
-            report = validate(configs, store_path, Path(tmp), model, profile, say)
+            report = validate(configs, store_path, Path(tmp), model, profile, say,
+                              args.repeats)
         except RuntimeError as err:
             sys.stderr.write(f"fapool validate: error: {err}\n")
             return 1
