@@ -90,8 +90,7 @@ def render_sidebar() -> Scenario:
         slo_ttft = st.number_input("TTFT SLO (ms, 0 = none)", 0.0, 1e7, 0.0, key="slo_ttft")
         intervals = st.toggle("prediction intervals (16 profile draws per point)", True,
                               key="intervals")
-        st.session_state["store_path_value"] = st.text_input(
-            "measurement store", str(default_store_path()), key="store_path")
+        st.text_input("measurement store", str(default_store_path()), key="store_path")
 
     model = (MODELS[model_name] if model_name != UPLOAD
              else uploads.model_from_upload(_uploaded(model_raw, "config.json")))
@@ -207,8 +206,11 @@ def render_search(sc: Scenario) -> None:
     key = data.search_key(sc, int(budget), objective)
     if st.button("Run search", key="run_search"):
         bar = st.progress(0.0, text="searching")
-        st.session_state["search"] = (key, data.run_search(
-            sc, int(budget), objective, progress=lambda f: bar.progress(f, text="searching")))
+        try:
+            st.session_state["search"] = (key, data.run_search(
+                sc, int(budget), objective, progress=lambda f: bar.progress(f, text="searching")))
+        except InputError as err:
+            st.error(str(err))
         bar.empty()
     stored = st.session_state.get("search")
     if not stored or stored[0] != key:
@@ -223,7 +225,7 @@ def render_search(sc: Scenario) -> None:
 
 def render_measured() -> None:
     st.header("Measured vs predicted")
-    path = Path(st.session_state.get("store_path_value") or default_store_path())
+    path = Path(st.session_state.get("store_path") or default_store_path())
     try:
         comp = store_comparison(str(path), path.stat().st_mtime if path.is_file() else None)
     except InputError as err:
