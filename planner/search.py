@@ -55,7 +55,8 @@ OBJECTIVES = ("tps", "gpus")
 
 @dataclass(frozen=True)
 class SearchSpace:
-    thresholds: tuple = THRESHOLDS
+    thresholds: tuple | None = None      # None: THRESHOLDS, extended down to the workload's
+                                         # shortest bucket (small local models)
     tokens_per_pool_gpu: tuple = TOKENS_PER_POOL_GPU
     max_pools: tuple = MAX_POOLS
     max_base_tp: int = 8
@@ -111,7 +112,16 @@ def valid_tps(model: ModelSpec, limit: int) -> list:
     return out
 
 
-def enumerate_strategies(model: ModelSpec, budget: int, space: SearchSpace) -> list:
+def thresholds_for(space: SearchSpace, buckets: list) -> tuple:
+    if space.thresholds is not None:
+        return tuple(space.thresholds)
+    low = min([b.lo for b in buckets] + [THRESHOLDS[0]])
+    return tuple(sorted({*THRESHOLDS, *(2 ** k for k in range(max(low, 1).bit_length() - 1,
+                                                             9))}))
+
+
+def enumerate_strategies(model: ModelSpec, budget: int, space: SearchSpace,
+                         thresholds: tuple = THRESHOLDS) -> list:
     """Every FA Pool and static strategy within the GPU budget."""
     out = []
     for base in valid_tps(model, min(space.max_base_tp, budget)):
@@ -119,7 +129,7 @@ def enumerate_strategies(model: ModelSpec, budget: int, space: SearchSpace) -> l
         if room < 1:
             continue
         pools = sorted({m for m in space.max_pools if m <= room} | {room})
-        for threshold in space.thresholds:
+        for threshold in thresholds:
             for t in space.tokens_per_pool_gpu:
                 for m in pools:
                     out.append(FAPoolStrategy(base_tp=base, threshold=threshold,
@@ -258,7 +268,8 @@ def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload: RequestW
     buckets = workload.buckets()
     # FA Pool plans whose pool this workload never activates are static TP=base PP=1 with
     # idle GPUs reserved: dropped (the static candidate stands for them).
-    strategies = [s for s in enumerate_strategies(model, gpus, space)
+    strategies = [s for s in enumerate_strategies(model, gpus, space,
+                                                  thresholds_for(space, buckets))
                   if not isinstance(s, FAPoolStrategy)
                   or any(s.pool_size(b.max_input) for b in buckets)]
     require(bool(strategies), "--gpus", f"{gpus} GPUs admit no valid TP degree of {model.name}")

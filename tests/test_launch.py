@@ -137,3 +137,19 @@ def test_plan_cli_writes_everything_and_plan_loads(tmp_path, capsys):
     before = (out / "plan.json").read_text()
     assert main(["plan", "--gpus", "16", "--workload", "mixed", "--out", str(out)]) == 2
     assert (out / "plan.json").read_text() == before
+
+
+@pytest.mark.slow
+def test_plan_json_from_fapool_plan_runs_as_is(tmp_path, capsys):
+    """`fapool plan` on this machine (cluster local, model tiny) -> `fapool run --plan`."""
+    out = tmp_path / "local"
+    assert main(["plan", "--model", "tiny", "--cluster", "local", "--gpus", "2",
+                 "--workload", "fixed:128", "--requests", "8", "--batch", "2",
+                 "--output-len", "4", "--out", str(out)]) == 0
+    plan = load_plan(out / "plan.json")
+    capsys.readouterr()
+    assert main(["run", "--plan", str(out / "plan.json"), "--json", "--no-store",
+                 "--steps", "1", "--warmup", "0"]) == 0
+    import json
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["plan_id"] == plan.plan_id and summary["ttft_ms"] > 0
