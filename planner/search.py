@@ -249,13 +249,31 @@ def _better(objective: str):
     return lambda c: (-c["gpus"], c["tps"], -c["tpot_ms"])
 
 
-def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload: RequestWorkload,
+def as_request_workload(workload, batch: int | None = None) -> tuple:
+    """(RequestWorkload, batch) from a RequestWorkload, a trace path / mix name (str), or
+    a single-shape planner.workload.Workload (its batch becomes the batch)."""
+    if isinstance(workload, RequestWorkload):
+        return workload, batch or PAPER_BATCH
+    if isinstance(workload, str):
+        from planner.workloads import resolve_workload
+        return resolve_workload(workload), batch or PAPER_BATCH
+    if isinstance(workload, Workload):
+        from planner.workloads import Request
+        req = Request(0.0, workload.input_len, workload.output_len)
+        return (RequestWorkload(f"{workload.batch} x {workload.input_len}", (req,)),
+                batch or workload.batch)
+    raise InputError("workload", f"not a workload: {workload!r}")
+
+
+def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload,
            slo_tpot_ms: float | None = None, slo_ttft_ms: float | None = None,
-           objective: str = "tps", progress=None, batch: int = PAPER_BATCH,
+           objective: str = "tps", progress=None, batch: int | None = None,
            profile: Profile | None = None, space: SearchSpace | None = None,
            workers: int | None = None, intervals: bool = True) -> SearchResult:
-    """Search the plan space for `workload` within `gpus` GPUs (see module docstring)."""
+    """Search the plan space for `workload` within `gpus` GPUs (see module docstring).
+    workload: RequestWorkload, trace path / mix name, or a Workload (one batch shape)."""
     t0 = time.perf_counter()
+    workload, batch = as_request_workload(workload, batch)
     require(objective in OBJECTIVES, "--objective", f"must be one of {OBJECTIVES}")
     require(isinstance(gpus, int) and gpus > 0, "--gpus", f"must be a positive integer, got {gpus}")
     require(gpus <= cluster.total_gpus, "--gpus",

@@ -147,3 +147,16 @@ def test_plan_cli_budget_too_small(tmp_path, capsys):
     assert code == 2 and not out.exists()
     assert "no plan fits in memory" in json.loads(cap.out)["reason"]
     assert len(cap.err.strip().splitlines()) == 1
+
+
+def test_search_accepts_a_single_batch_shape_and_a_mix_name():
+    r = search(PAPER, A100, 16, Workload(32, 4096, 16), space=SMALL, workers=1,
+               progress=False)
+    assert r.batch == 32 and len(r.buckets) == 1 and r.buckets[0].input_len == 4096
+    direct = simulate(PAPER, A100, r.strategy(r.chosen),
+                      Workload(r.chosen["buckets"][0]["batch"], 4096, 16),
+                      record=False, interval_samples=0)
+    assert r.chosen["tpot_ms"] == pytest.approx(direct.tpot_s * 1e3)
+    r2 = search(PAPER, A100, 16, "fixed:1024", batch=8, space=SMALL, workers=1,
+                progress=False)
+    assert r2.workload["name"] == "fixed:1024" and r2.batch == 8
