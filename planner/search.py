@@ -253,15 +253,15 @@ def as_request_workload(workload, batch: int | None = None) -> tuple:
     """(RequestWorkload, batch) from a RequestWorkload, a trace path / mix name (str), or
     a single-shape planner.workload.Workload (its batch becomes the batch)."""
     if isinstance(workload, RequestWorkload):
-        return workload, batch or PAPER_BATCH
+        return workload, PAPER_BATCH if batch is None else batch
     if isinstance(workload, str):
         from planner.workloads import resolve_workload
-        return resolve_workload(workload), batch or PAPER_BATCH
+        return resolve_workload(workload), PAPER_BATCH if batch is None else batch
     if isinstance(workload, Workload):
         from planner.workloads import Request
         req = Request(0.0, workload.input_len, workload.output_len)
         return (RequestWorkload(f"{workload.batch} x {workload.input_len}", (req,)),
-                batch or workload.batch)
+                workload.batch if batch is None else batch)
     raise InputError("workload", f"not a workload: {workload!r}")
 
 

@@ -48,7 +48,7 @@ from planner.workload import Workload
 
 MEASURE_QUANTILE = 10
 METRICS = ("ttft_ms", "tpot_ms")
-STEPS, WARMUP = 5, 2
+STEPS, WARMUP = 10, 2
 
 
 @dataclass(frozen=True)

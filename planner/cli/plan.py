@@ -121,6 +121,10 @@ def run(args) -> int:
 
     out = Path(args.out)
     _check_out(out, args.force)
+    if args.seed < 0:
+        raise InputError("--seed", f"must be >= 0, got {args.seed}")
+    if args.workers is not None and args.workers < 1:
+        raise InputError("--workers", f"must be >= 1, got {args.workers}")
     model, cluster = options.model_from_args(args), options.cluster_from_args(args)
     workload = resolve_workload(args.workload, args.requests, args.rate, args.output_len,
                                 args.seed)
