@@ -129,7 +129,8 @@ def render_metrics(sc: Scenario, curves: dict) -> None:
     cols[2].metric("TPS (tok/s)", f"{row['tps']:,.0f}")
     cols[3].metric("GPUs", f"{row['gpus']} ({row['pool_gpus']} pool)")
     cols[4].metric("comm share", f"{row['comm_fraction'] * 100:.1f} %")
-    for slo, key, name in ((sc.slo_tpot_ms, "tpot_ms", "TPOT"), (sc.slo_ttft_ms, "ttft_ms", "TTFT")):
+    for slo, key, name in ((sc.slo_tpot_ms, "tpot_ms", "TPOT"),
+                           (sc.slo_ttft_ms, "ttft_ms", "TTFT")):
         if slo and row[key] > slo:
             st.warning(f"{name} {row[key]:.4g} ms misses the SLO of {slo:g} ms")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from calibration.profile import DATA_DIR
 from calibration.store import Store
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -128,10 +129,17 @@ def test_good_uploads_are_used(app):
         "arrival_s,input_len,output_len\n0,1000,64\n0.5,9000,64\n1.0,9500,32\n").run()
     assert_clean(app)
     assert app.subheader[0].value.startswith("Selected: my-model on dgx-a100")
-    assert "FA Pool 5-95% interval" not in {t.get("name") for t in charts(app)["chart_tpot"]["data"]}
+    names = {t.get("name") for t in charts(app)["chart_tpot"]["data"]}
+    assert "FA Pool (simulated)" in names and "FA Pool 5-95% interval" not in names
     heat = charts(app)["chart_heatmap"]["data"][0]
     assert heat["x"][-1] == "16384"                    # up to twice the longest bucket (9250)
     assert any("trace: 3 requests" in c.value for c in app.sidebar.caption)
+    a100_tpot = metrics(app)["TPOT (ms)"]
+    app.radio(key="profile_source").set_value("upload / paste ...").run()
+    app.text_area(key="profile_text").set_value((DATA_DIR / "dgx-h100.yaml").read_text()).run()
+    assert_clean(app)
+    ms = lambda text: float(text.replace(",", ""))  # noqa: E731
+    assert ms(metrics(app)["TPOT (ms)"]) < ms(a100_tpot)     # H100 curves: faster
 
 
 def test_measured_vs_predicted_from_the_store(app, tmp_path):

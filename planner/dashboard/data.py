@@ -22,7 +22,7 @@ from planner.model import ModelSpec
 from planner.memory import choose_microbatches, fits, role_memory
 from planner.plan import make_plan
 from planner.simulate import simulate
-from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
+from planner.strategy import FAPoolStrategy, Strategy
 from planner.workload import Workload
 from planner.dashboard.scenario import LABELS, Scenario
 
