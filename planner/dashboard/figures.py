@@ -122,6 +122,7 @@ def memory_figure(groups: list, capacity_gb: float) -> go.Figure:
                 x=[str(r["seq_len"]) for r in bad],
                 y=[r["memory_breakdown_gb"].get(role, {}).get("total", 0.0) for r in bad],
                 mode="markers+text", text=["infeasible"] * len(bad), textposition="top center",
+                cliponaxis=False,
                 marker=dict(symbol="x", size=12, color="red"), name="infeasible",
                 legendgroup="infeasible", showlegend=col == 1,
                 hovertext=["; ".join(r["infeasible_reasons"]) for r in bad]), row=1, col=col)
