@@ -108,6 +108,20 @@ def screenshot(page, name: str) -> Path:
     return path
 
 
+# The page after the switch to the static plan: the timeline's rows are pipeline stages, no
+# pool trace is left, and the TPOT headline differs from `before`.
+UPDATED = """(before) => {
+    const traces = [...document.querySelectorAll('.js-plotly-plot')].flatMap(gd => gd.data || []);
+    const base = traces.find(t => t.name === 'base compute');
+    const tpot = [...document.querySelectorAll('[data-testid="stMetric"]')]
+        .find(e => e.innerText.includes('TPOT (ms)'));
+    return base && Array.from(base.y).includes('stage0')
+        && !traces.some(t => t.name === 'pool compute')
+        && tpot && tpot.querySelector('[data-testid="stMetricValue"]').innerText.trim()
+            !== before.trim();
+}"""
+
+
 def metric_value(page, label: str) -> str:
     metric = page.locator('[data-testid="stMetric"]', has_text=label).first
     return metric.locator('[data-testid="stMetricValue"]').inner_text()
@@ -143,6 +157,7 @@ def test_dashboard_in_chromium():
             # now shows pipeline stages, and the headline TPOT changes.
             page.locator('[data-testid="stSidebar"]').get_by_text(
                 "static TP x PP", exact=True).click()
+            page.wait_for_function(UPDATED, arg=tpot_before, timeout=RENDER_TIMEOUT_MS)
             wait_idle(page)
             gantt_after = chart_data(page, "base compute")
             assert set(gantt_after[1]) == {"stage0", "stage1"}
