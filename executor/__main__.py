@@ -1,10 +1,12 @@
 """torchrun entry point: ``torchrun --nproc-per-node N -m executor --plan plan.json``.
 
 Reads RANK / WORLD_SIZE / LOCAL_RANK (and MASTER_ADDR / MASTER_PORT) from the environment,
-as torchrun and executor.launch set them; gloo on CPU, NCCL on CUDA.  Rank 0 writes the
-result (JSON) to --result and the measurements to the store.  A rank that raises writes
-its error (and whether it was waiting on peers) to --run-dir and exits at once, so the
-launcher can name it.  Fault injection for tests: FAPOOL_FAULT=raise:R | exit:R | hang:R.
+as torchrun sets them (executor.launch runs torchrun locally); gloo on CPU, NCCL on CUDA.
+Rank 0 writes the result (JSON) to --result and the measurements to the store.  With
+--run-dir (the local launcher) each rank writes its PID to rank<R>.pid and its output to
+rank<R>.log there, and a rank that raises writes its error (and whether it was waiting on
+peers) to rank<R>.error and exits at once, so the launcher can name it.
+Fault injection for tests: FAPOOL_FAULT=raise:R | exit:R | hang:R.
 """
 
 from __future__ import annotations
@@ -27,15 +29,34 @@ def _parse(argv):
     p.add_argument("--verify", action="store_true")
     p.add_argument("--balanced", action="store_true")
     p.add_argument("--result", default=None, help="rank 0 writes the JSON result here")
-    p.add_argument("--run-dir", default=None, help="heartbeat and error files (launcher)")
+    p.add_argument("--run-dir", default=None,
+                   help="heartbeat, PID, log and error files (local launcher)")
     p.add_argument("--store", default=None, help="measurement store (rank 0 writes)")
     p.add_argument("--pg-timeout", type=float, default=None)
     return p.parse_args(argv)
 
 
+def _own_files(run_dir: str, rank: int) -> None:
+    """This rank's output to rank<R>.log and its PID to rank<R>.pid: torchrun starts each
+    rank in a session of its own, which the launcher finds (and watches) by this PID."""
+    fd = os.open(os.path.join(run_dir, f"rank{rank}.log"), os.O_WRONLY | os.O_CREAT
+                 | os.O_TRUNC, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    pid_path = os.path.join(run_dir, f"rank{rank}.pid")
+    with open(pid_path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(pid_path + ".tmp", pid_path)
+
+
 def main(argv=None) -> int:
     args = _parse(argv)
     rank = int(os.environ["RANK"])
+    if args.run_dir:
+        _own_files(args.run_dir, rank)
     world = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     hb_path = os.path.join(args.run_dir, "heartbeat") if args.run_dir else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 
 import pytest
 
@@ -110,6 +111,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _strays(marker: str) -> list:
+    """PIDs of live processes whose command line names marker (the run dir)."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="replace")
+        except (OSError, ValueError):
+            continue
+        if d.isdigit() and marker in cmd:
+            out.append(int(d))
+    return out
+
+
 @pytest.fixture(scope="module")
 def fault_plan(tmp_path_factory):
     p = tmp_path_factory.mktemp("fault") / "plan.json"
@@ -131,7 +145,14 @@ def test_fault_ends_run_naming_rank(fault_plan, fault, rank, words):
     assert f"rank {rank} " in res.error and words in res.error, res.error
     assert "\n" not in res.error
     assert elapsed < timeout + 15
+    assert len(res.pids) == 5         # 4 ranks, then torchrun (the launch went through it)
     assert not any(_alive(pid) for pid in res.pids)
+    assert not _strays(res.run_dir)
+    run_dir = Path(res.run_dir)
+    assert "torch.distributed.elastic" in (run_dir / "torchrun.log").read_text()
+    assert all((run_dir / f"rank{r}.log").is_file() for r in range(4))
+    if fault == "raise":              # the traceback lands in the rank's own log
+        assert "injected fault" in (run_dir / f"rank{rank}.log").read_text()
 
 
 def test_bad_plan_refused_before_launch(tmp_path, capsys, monkeypatch):

@@ -120,3 +120,70 @@ def test_overlap_measures_intersection_of_interval_unions():
     assert ov["overlapped_ms"] == pytest.approx(1000.0)
     assert ov["fraction"] == pytest.approx(0.25)
     assert overlap([], base)["fraction"] == 0.0
+
+
+def test_launcher_reads_a_zombie_rank_exit_status_from_proc():
+    import subprocess
+    import time
+
+    from executor.launch import _proc_state, _status_text
+    p = subprocess.Popen(["sh", "-c", "exit 7"])
+    deadline = time.monotonic() + 10
+    while _proc_state(p.pid) is None and time.monotonic() < deadline:
+        time.sleep(0.01)              # not reaped (no poll/wait): a zombie once it exits
+    status = _proc_state(p.pid)
+    assert status != "gone" and _status_text(status, wait_status=True) == "exit status 7"
+    p.wait()
+    assert _proc_state(p.pid) == "gone"
+    assert _status_text(-9, wait_status=False) == "killed by SIGKILL"
+    assert _status_text(9, wait_status=True) == "killed by SIGKILL"
+
+
+TORCHRUN_LOG = """\
+W1125 api.py:1028] Sending process 101 closing signal SIGTERM
+W1125 api.py:1028] Sending process 103 closing signal SIGTERM
+Failures:
+[1]:
+  rank      : 1 (local_rank: 1)
+  exitcode  : -15 (pid: 101)  (SIGTERM)
+[2]:
+  rank      : 3 (local_rank: 3)
+  exitcode  : -15 (pid: 103)  (SIGTERM)
+Root Cause (first observed failure):
+[0]:
+  rank      : 2 (local_rank: 2)
+  exitcode  : 5 (pid: 102)
+"""
+
+
+def _run_dir(tmp_path, errors=()):
+    import json
+    import time
+    (tmp_path / "torchrun.log").write_text(TORCHRUN_LOG)
+    for rank, waiting in errors:
+        (tmp_path / f"rank{rank}.error").write_text(json.dumps(
+            {"rank": rank, "time": time.time(), "error": f"E{rank}",
+             "waiting_on_peers": waiting}))
+    return tmp_path
+
+
+def test_blame_skips_ranks_torchrun_terminated_and_prefers_computing_errors(tmp_path):
+    from executor.launch import _blame_failure
+    pids = {0: 100, 1: 101, 2: 102, 3: 103}
+    # rank 1 (a rank torchrun terminated) seen gone first; rank 2's status only in the
+    # summary; rank 0 reported an error while waiting on peers
+    d = _run_dir(tmp_path, errors=[(0, True)])
+    dead = {1: (1.0, None), 2: (1.1, None), 3: (1.1, None), 0: (1.2, 256)}
+    assert _blame_failure(d, pids, dead, 1).startswith(
+        "rank 2 died (exit status 5) without reporting an error")
+    # a zombie's wait status (signal 9) wins over the summary
+    assert "rank 2 died (killed by SIGKILL)" in _blame_failure(d, pids, {2: (1.0, 9)}, 1)
+    # a rank that raised while computing is blamed before any silent death
+    d = _run_dir(tmp_path, errors=[(0, True), (3, False)])
+    assert _blame_failure(d, pids, dead, 1) == "rank 3 failed: E3"
+    # nothing silent: the earliest error, waiting or not
+    (d / "torchrun.log").write_text("")
+    (d / "rank3.error").unlink()
+    assert _blame_failure(d, pids, {}, 1) == "rank 0 failed: E0"
+    (d / "rank0.error").unlink()
+    assert _blame_failure(d, {}, {}, 1).startswith("torchrun exited with status 1 and")
