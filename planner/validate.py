@@ -253,7 +253,7 @@ def summarize(rows: list, key: str) -> dict:
 
 # ------------------------------------------------------------------ the loop
 def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
-             profile: Profile | None = None, progress=None, repeats: int = 2) -> dict:
+             profile: Profile | None = None, progress=None, repeats: int = 3) -> dict:
     """Run the loop over configs; returns the report (see the module docstring)."""
     from calibration.store import Store
     model = model or MODELS["tiny"]

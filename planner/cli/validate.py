@@ -29,8 +29,8 @@ def register(subparsers) -> None:
                            "1/16 of it, beside the other strategy")
     what.add_argument("--quick", action="store_true",
                       help="8 configurations (FA Pool, static; 4 lengths): a few minutes")
-    p.add_argument("--repeats", type=int, default=2,
-                   help="runs per configuration, the fastest kept (default 2)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs per configuration, the fastest kept (default 3)")
     p.add_argument("--store", default=None, help="measurement store (default: the user's)")
     p.add_argument("--profile", default="local",
                    help="profile predictions start from (default local)")
