@@ -327,8 +327,9 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
                                  for m in METRICS}
         r["error_after_pct"] = {m: round(_err(r["predicted_after"][m], r["measured"][m]), 2)
                                 for m in METRICS}
+        r["error"] = {"before": r["error_before_pct"], "after": r["error_after_pct"]}
     return {"configs": rows, "before": summarize(rows, "predicted"),
             "after": summarize(rows, "predicted_after"),
             "measure": f"p{MEASURE_QUANTILE} of per-step times, lowest of {repeats} run(s)",
-            "holdout": "leave-one-out: profile refit + e2e factors without the config",
+            "holdout": "leave-one-out: profile refit + e2e corrections without the config",
             "refit_profile": full}
