@@ -15,9 +15,10 @@ Refit, evaluated leave-one-out: for each configuration c, using only the other o
   1. the profile is refitted (calibration.fit.fit_local) from this machine's microbenchmark
      samples in the store, if any, plus the operator samples the executor timed while
      running the other configurations (their per-step quantile, as above);
-  2. an end-to-end correction per phase and strategy kind absorbs what the simulator
-     leaves out: measured = a + b * predicted (refitted profile), least squares in relative
-     error over the other configurations of that kind (a: per-step costs it does not model,
+  2. an end-to-end correction per phase and family (strategy kind and rank count) absorbs
+     what the simulator leaves out: measured = a + b * predicted (refitted profile), least
+     squares in relative error over the other configurations of that family (a: per-step
+     costs it does not model,
      e.g. Python dispatch between ops, the pipeline's token return; b: a mis-scaled curve);
      with fewer than 3 of them, b alone (geometric mean of measured / predicted);
 then c is predicted with both.  So no "after" figure uses c's own measurements.
@@ -60,6 +61,11 @@ class Config:
     @property
     def kind(self) -> str:
         return "fapool" if isinstance(self.strategy, FAPoolStrategy) else "static"
+
+    @property
+    def family(self) -> str:
+        """Configurations sharing an end-to-end correction: same kind and rank count."""
+        return f"{self.kind}-{self.strategy.max_gpus}"
 
 
 def _fapool(pool: int, mb: int = 2) -> FAPoolStrategy:
@@ -191,13 +197,13 @@ def refit_profile(store, executor_run_ids: list, base: Profile, name: str = "loc
 
 
 def e2e_corrections(rows: list) -> dict:
-    """{(kind, metric): (a, b)} with measured ~ a + b * predicted_refit over rows of that
-    kind: least squares on relative errors ((a + b p) / m - 1) with 3 or more rows, else
-    a = 0 and b the geometric mean of m / p."""
+    """{(family, metric): (a, b)} with measured ~ a + b * predicted_refit over rows of that
+    family (Config.family; the kind when rows carry none): least squares on relative errors
+    ((a + b p) / m - 1) with 3 or more rows, else a = 0 and b the geometric mean of m / p."""
     acc: dict = {}
     for r in rows:
         for m in METRICS:
-            acc.setdefault((r["kind"], m), []).append((r["predicted_refit"][m],
+            acc.setdefault((r.get("family", r["kind"]), m), []).append((r["predicted_refit"][m],
                                                        r["measured"][m]))
     out = {}
     for key, pts in acc.items():
@@ -292,7 +298,8 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
         for m in METRICS:
             best = min(runs[i], key=lambda r: r[1][m])[1]
             meas.update({m: best[m], f"{m}_median": best[f"{m}_median"]})
-        rows.append({"label": cfg.label, "kind": cfg.kind, "plan_id": plan.plan_id,
+        rows.append({"label": cfg.label, "kind": cfg.kind, "family": cfg.family,
+                     "plan_id": plan.plan_id,
                      "strategy": cfg.strategy.describe(), "seq_len": cfg.workload.input_len,
                      "batch": cfg.workload.batch, "output_len": cfg.workload.output_len,
                      "run_ids": [rid for rid, _ in runs[i]], "predicted": pred,
@@ -315,7 +322,7 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
             row["predicted_after"] = {}
             row["e2e_correction"] = {}
             for m in METRICS:
-                a, b = corr.get((row["kind"], m), (0.0, 1.0))
+                a, b = corr.get((row["family"], m), (0.0, 1.0))
                 row["predicted_after"][m] = a + b * row["predicted_refit"][m]
                 row["e2e_correction"][m] = {"a_ms": round(a, 4), "b": round(b, 4)}
         full = refit_profile(store, [rid for r in rows for rid in r["run_ids"]], profile)
