@@ -18,8 +18,8 @@ Refit, evaluated leave-one-out: for each configuration c, using only the other o
   2. an end-to-end correction per phase and family (strategy kind and rank count) absorbs
      what the simulator leaves out: measured = a + b * predicted (refitted profile), least
      squares in relative error over the other configurations of that family (a: per-step
-     costs it does not model,
-     e.g. Python dispatch between ops, the pipeline's token return; b: a mis-scaled curve);
+     costs it does not model, e.g. Python dispatch between ops, the pipeline's token
+     return; b: a mis-scaled curve);
      with fewer than 3 of them, b alone (geometric mean of measured / predicted);
 then c is predicted with both.  So no "after" figure uses c's own measurements.
 """
