@@ -202,6 +202,8 @@ def _fit(store, runs: list[dict], name: str, store_path: Path):
         "machine": {k: fp.get(k) for k in ("cpu_model", "cpu_cores", "ram_bytes",
                                            "hostname_sha256", "gpu_model", "gpu_count")},
         "fitted": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "loadavg_1min_at_start": {r["id"]: r["meta"].get("loadavg_1min_at_start")
+                                  for r in runs if r["kind"] == "microbench"},
         "method": "calibration.fit: weighted least squares in log time, covariance from "
                   "the Jacobian (fapool calibrate)",
     }
