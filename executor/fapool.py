@@ -128,8 +128,10 @@ class BaseRank(TPRank):
                 like = x.new_empty(x.shape[0], x.shape[1], hl, spec.head_dim)
                 o = self._finish(waits[j], like)
                 xs[j] = self.post_attention(layer, j, x, o, step)
-        with rt.timer.op("lm_head", tokens=tokens.numel(), hidden=spec.hidden, vocab=spec.vocab):
-            logits = lm_head(torch.cat(xs), self.weights, spec)     # (b, s, vocab)
+        x = rt.head_input(torch.cat(xs))                            # (b, s or 1, hidden)
+        with rt.timer.op("lm_head", tokens=x.shape[0] * x.shape[1], hidden=spec.hidden,
+                         vocab=spec.vocab):
+            logits = lm_head(x, self.weights, spec)                 # (b, s or 1, vocab)
         return self.sample(logits, step)
 
 

@@ -65,9 +65,10 @@ class StageRank(TPRank):
                 work.wait()
         tok = None
         if self.next is None:
-            with tm.op("lm_head", tokens=sum(o.shape[0] * o.shape[1] for o in outs),
-                       hidden=spec.hidden, vocab=spec.vocab):
-                logits = lm_head(torch.cat(outs), self.weights, spec)
+            x = rt.head_input(torch.cat(outs))                     # (b, s or 1, hidden)
+            with tm.op("lm_head", tokens=x.shape[0] * x.shape[1], hidden=spec.hidden,
+                       vocab=spec.vocab):
+                logits = lm_head(x, self.weights, spec)
             tok = self.sample(logits, step)
             if self.pp > 1:
                 with tm.op("send_recv", comm=True, **self._p2p(tok, self.first)):

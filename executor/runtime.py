@@ -77,6 +77,11 @@ class Runtime:
         """Unique p2p tag per message: (step, layer, micro-batch, kind)."""
         return ((step * self.spec.layers + layer) * len(self.mb_rows) + mb) * 4 + kind
 
+    def head_input(self, x: torch.Tensor) -> torch.Tensor:
+        """(b, s, hidden) -> what the LM head needs: every position when --verify compares
+        all logits, else only the last one, which samples the next token (gpt-fast)."""
+        return x if self.record else x[:, -1:]
+
     def keep(self, key: tuple, t: torch.Tensor) -> None:
         """Record a tensor for --verify (list per key, in call order)."""
         if self.record:

@@ -1,9 +1,8 @@
 """simulate(): one configuration through prefill and decode on the simpy machine.
 
 TTFT: the prefill of the whole batch (all micro-batches) until every sequence has its first
-token.  TPOT: the steady-state period of one decode step of the whole batch at the middle
-of generation (context input + output/2), measured as the gap between the ends of two
-consecutive simulated steps.  TPS (paper 4.4: "input and output sequences"):
+token.  TPOT: one synchronous decode step of the whole batch at the middle of generation
+(context input + output/2).  TPS (paper 4.4: "input and output sequences"):
 batch * (input + output) / (TTFT + (output - 1) * TPOT).  decode_tps: batch / TPOT.
 
 Long batches are cut into many micro-batches; the simulator runs the first
@@ -35,7 +34,6 @@ from planner.workload import Workload
 
 PHASES = ("prefill", "decode", "both")
 SIM_MICROBATCHES = 8          # micro-batches simulated explicitly per phase
-DECODE_STEPS = 2              # two steps: the second one's length is the steady period
 INTERVAL_SAMPLES = 16         # profile draws for prediction intervals
 INTERVAL_PERCENTILES = (5, 95)
 
@@ -86,18 +84,22 @@ def _prefill(program, units, wl: Workload, microbatches: int, record: bool) -> P
 
 
 def _decode(program, units, wl: Workload, microbatches: int, record: bool) -> PhaseRun:
+    """One decode step of the whole batch.  Steps are synchronous, as the executor runs
+    them: every sequence's next token is sampled before the next step starts, so a step's
+    makespan (pipeline fill and drain included) is the TPOT."""
     sizes = deal(wl.batch, microbatches)
-    machine, done = _run_phase(program, units, "decode", sizes, 1, wl.decode_context,
-                               DECODE_STEPS, record)
-    tpot = max(done[-1]) - max(done[-2])
-    per_step = 1.0 / DECODE_STEPS
-    busy = {u: t * per_step for (_, u), t in machine.busy.items()}
-    return PhaseRun(tpot, busy, machine.comm_time.get("decode", 0.0) * per_step,
-                    machine.op_time.get("decode", 0.0) * per_step, machine.events)
+    machine, done = _run_phase(program, units, "decode", sizes, 1, wl.decode_context, 1,
+                               record)
+    busy = {u: t for (_, u), t in machine.busy.items()}
+    return PhaseRun(max(done[0]), busy, machine.comm_time.get("decode", 0.0),
+                    machine.op_time.get("decode", 0.0), machine.events)
 
 
 def decode_microbatches(strategy: Strategy, batch: int) -> int:
-    """Enough micro-batches to keep every pipeline stage (or base and pool) busy."""
+    """The strategy's micro-batch count (the executor uses it in both phases), else enough
+    to keep every pipeline stage (or base and pool) busy."""
+    if strategy.microbatches is not None:
+        return min(strategy.microbatches, batch)
     stages = strategy.pp if isinstance(strategy, StaticStrategy) else 2
     return max(1, min(max(stages, 2), batch))
 

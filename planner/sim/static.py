@@ -41,6 +41,8 @@ class StaticProgram:
                 act = seqs * q_len * m.hidden * m.dtype_bytes
                 send = (cm.transfer("send_activations", act, ranks,
                                     self.layout.stage_ranks(stage + 1)),)
+            elif self.pp > 1:   # sampled token ids (int64) back to the first stage's embedding
+                send = (cm.transfer("token_return", seqs * 8, ranks, self.layout.stage_ranks(0)),)
             per_stage.append((embed, layer, head, send))
         return per_stage
 
@@ -60,5 +62,5 @@ class StaticProgram:
                     yield from run(layer.pre_attention + (layer.attention,), unit, index)
                     yield from run(layer.post_attention, unit, index)
                 yield from run(head, unit)
-                yield from run(send, unit + [f"stage{stage + 1}"])
+                yield from run(send, unit + [f"stage{(stage + 1) % self.pp}"])
             done[step].append(machine.env.now)
