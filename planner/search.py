@@ -4,7 +4,7 @@ a GPU budget, each evaluated on a request workload; Pareto front and the chosen 
 Aggregation over the workload (planner.workloads buckets, power-of-two input ranges):
 each bucket b runs at the largest batch B_b <= ``batch`` whose memory fits at the bucket's
 longest input (a server admits no more; planner.memory), and is simulated as one batch of
-B_b sequences of its mean input and output length (planner.simulate: TTFT, steady TPOT,
+B_b sequences of its mean input and output length (planner.simulate: TTFT, TPOT of a step,
 batch time T_b = TTFT + (out-1) TPOT).  A candidate is infeasible where not even one
 sequence fits.  With w_b the fraction of requests in b:
   tpot_ms, ttft_ms      request-weighted means  sum_b w_b x_b
