@@ -20,7 +20,7 @@ GEMM_PARAMS = ("efficiency_max", "half_tokens", "read_efficiency", "launch_s")
 ATTENTION_PARAMS = (
     "efficiency_max", "half_seq", "half_seq_causal", "half_head_dim", "read_efficiency", "launch_s",
 )
-MEMORY_PARAMS = ("read_efficiency", "launch_s")
+MEMORY_PARAMS = ("read_efficiency", "launch_s", "norm_factor", "activation_factor")
 LINK_PARAMS = ("latency_s", "efficiency")
 FAMILY_PARAMS = {
     "gemm": GEMM_PARAMS,
@@ -30,6 +30,13 @@ FAMILY_PARAMS = {
 }
 # Parameters that are fractions of a peak: must lie in (0, 1] so no curve beats physics.
 FRACTION_PARAMS = {"efficiency_max", "read_efficiency", "efficiency"}
+# Slow-downs relative to a plain copy (>= 1, so no curve beats physics either): a norm or an
+# activation moves the same bytes as a copy but may cost more per byte (reductions,
+# transcendentals; on a CPU thread they are far from bandwidth-bound).
+FACTOR_PARAMS = {"norm_factor", "activation_factor"}
+MEMORY_KINDS = ("copy", "norm", "activation")
+# Older profiles lack the factors: they read as 1 (every memory op bandwidth-bound).
+PARAM_DEFAULTS = {"norm_factor": 1.0, "activation_factor": 1.0}
 
 # Bus-bandwidth factors (nccl-tests PERFORMANCE.md): bytes each rank moves per payload byte.
 COLLECTIVE_FACTORS = {
@@ -106,9 +113,11 @@ def attention_time(p: dict, dev: Device, batch: int, q_len: int, kv_len: int, he
 
 
 # ---------------------------------------------------------------- memory-bound ops
-def memory_time(p: dict, dev: Device, moved_bytes: float) -> float:
-    """Norms, activations, copies: bytes moved over achieved HBM bandwidth."""
-    return moved_bytes / (dev.hbm_bandwidth * p["read_efficiency"]) + p["launch_s"]
+def memory_time(p: dict, dev: Device, moved_bytes: float, kind: str = "copy") -> float:
+    """Norms, activations, copies: bytes moved over achieved HBM bandwidth, times the kind's
+    slow-down relative to a copy (1 where the op is bandwidth-bound, as on GPUs)."""
+    factor = 1.0 if kind == "copy" else p[f"{kind}_factor"]
+    return moved_bytes * factor / (dev.hbm_bandwidth * p["read_efficiency"]) + p["launch_s"]
 
 
 # ---------------------------------------------------------------- collectives

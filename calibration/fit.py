@@ -40,6 +40,7 @@ BOUNDS = {
     "efficiency_max": (1e-4, 1.0), "read_efficiency": (1e-4, 1.0), "efficiency": (1e-4, 1.0),
     "half_tokens": (0.0, 1e6), "half_seq": (0.0, 1e7), "half_seq_causal": (0.0, 1e7),
     "half_head_dim": (0.0, 1e4), "launch_s": (0.0, 1.0), "latency_s": (0.0, 10.0),
+    "norm_factor": (1.0, 1e4), "activation_factor": (1.0, 1e4),
 }
 # Starting grid per parameter ("T" = a fraction of the smallest measured time).
 STARTS = {
@@ -47,6 +48,7 @@ STARTS = {
     "half_tokens": (2.0, 30.0, 300.0), "half_seq": (20.0, 500.0),
     "half_seq_causal": (20.0, 500.0, 5000.0), "half_head_dim": (8.0, 64.0),
     "launch_s": ("T0.01", "T0.5"), "latency_s": ("T0.01", "T0.5"),
+    "norm_factor": (1.0, 5.0), "activation_factor": (1.0, 5.0),
 }
 
 
@@ -99,7 +101,7 @@ def predict(family: str, params: dict, point: Point, device: curves.Device | Non
                                      s["heads"], s["kv_heads"], s["head_dim"],
                                      bool(s["causal"]), s["dtype_bytes"])
     if family == "memory":
-        return curves.memory_time(params, device, s["moved_bytes"])
+        return curves.memory_time(params, device, s["moved_bytes"], s.get("kind", "copy"))
     return curves.collective_time(params, peak_bandwidth * s.get("lanes", 1), s["kind"],
                                   s["payload"], s["ranks"])
 
@@ -314,7 +316,9 @@ def points_from_samples(samples: list[dict]) -> tuple[dict, dict]:
                                             "head_dim", "dtype_bytes")}
             shape["causal"] = bool(p["causal"])
         elif op == "memory":
-            shape = {"moved_bytes": float(p["bytes"])}
+            kind = str(p.get("kind", "copy"))
+            shape = {"moved_bytes": float(p["bytes"]),
+                     "kind": kind if kind in curves.MEMORY_KINDS else "copy"}
             families[op].append(Point(op, shape, float(s["median_s"]), source=src,
                                       note=str(p["kind"])))
             continue

@@ -56,6 +56,17 @@ class Curve:
     def __post_init__(self):
         where = f"curves.{self.family}" if self.family != "link" else "links"
         names = curves.FAMILY_PARAMS[self.family]
+        defaulted = [n for n in names if n not in self.params and n in curves.PARAM_DEFAULTS]
+        if defaulted:  # an older profile: fill the defaults, embed its smaller covariance
+            object.__setattr__(self, "params", {**{n: curves.PARAM_DEFAULTS[n]
+                                                   for n in defaulted}, **self.params})
+            if self.cov is not None:
+                kept = [i for i, n in enumerate(names) if n not in defaulted]
+                small = np.asarray(self.cov, dtype=float)
+                if small.shape == (len(kept), len(kept)):
+                    full = np.zeros((len(names), len(names)))
+                    full[np.ix_(kept, kept)] = small
+                    object.__setattr__(self, "cov", full.tolist())
         for name in names:
             require(name in self.params, f"{where}.params.{name}", "missing")
             value = self.params[name]
@@ -64,6 +75,9 @@ class Curve:
             if name in curves.FRACTION_PARAMS:
                 require(0 < value <= 1, f"{where}.params.{name}",
                         f"is a fraction of a peak and must lie in (0, 1], got {value}")
+            if name in curves.FACTOR_PARAMS:
+                require(value >= 1, f"{where}.params.{name}",
+                        f"is a slow-down relative to a copy and must be >= 1, got {value}")
         extra = set(self.params) - set(names)
         require(not extra, f"{where}.params", f"unknown parameters {sorted(extra)}")
         if self.cov is not None:
@@ -93,6 +107,8 @@ class Curve:
             value = max(float(value), low)
             if name in curves.FRACTION_PARAMS:
                 value = min(value, 1.0)
+            if name in curves.FACTOR_PARAMS:
+                value = max(value, 1.0)
             params[name] = value
         return replace(self, params=params)
 

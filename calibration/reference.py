@@ -135,7 +135,10 @@ def fit_machine(profile_name: str, data_dir: Path = DATA_DIR,
     fits: dict[str, FitResult] = {}
 
     pts = memory_points(read_rows(prefix, "memory", data_dir))
-    fits["memory"] = fit_curve("memory", pts, device, sources=_sources(pts))
+    bandwidth_bound = "no public norm / activation points; on GPUs they are bandwidth-bound"
+    fits["memory"] = fit_curve("memory", pts, device, sources=_sources(pts), fixed={
+        "norm_factor": Fixed(1.0, 0.0, bandwidth_bound),
+        "activation_factor": Fixed(1.0, 0.0, bandwidth_bound)})
     pts = gemm_points(read_rows(prefix, "gemm", data_dir))
     fits["gemm"] = fit_curve("gemm", pts, device, sources=_sources(pts))
 

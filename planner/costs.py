@@ -61,9 +61,10 @@ class CostModel:
         return OpCost(name, t, curves.floor_compute(self.device, flops, moved), "compute",
                       flops, moved)
 
-    def memory_op(self, name: str, moved_bytes: float) -> OpCost:
-        """Norm, activation, embedding lookup, cache write: bandwidth bound."""
-        t = curves.memory_time(self.profile.memory.params, self.device, moved_bytes)
+    def memory_op(self, name: str, moved_bytes: float, kind: str = "copy") -> OpCost:
+        """Norm, activation, embedding lookup (a copy): bytes over bandwidth, times the
+        profile's slow-down of that kind relative to a copy."""
+        t = curves.memory_time(self.profile.memory.params, self.device, moved_bytes, kind)
         return OpCost(name, t, curves.floor_compute(self.device, 0.0, moved_bytes), "compute",
                       0.0, moved_bytes)
 

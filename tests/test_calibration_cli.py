@@ -42,7 +42,7 @@ def predicted(profile, sample):
                                      p["q_len"], p["kv_len"], p["heads"], p["kv_heads"],
                                      p["head_dim"], p["causal"], p["dtype_bytes"])
     if op == "memory":
-        return curves.memory_time(profile.memory.params, profile.device, p["bytes"])
+        return curves.memory_time(profile.memory.params, profile.device, p["bytes"], p["kind"])
     size = p["bytes"] * (p["ranks"] if op in GATHER_OPS else 1)  # nccl-tests size
     return profile.link(p["link"]).time(op, size, p["ranks"])
 

@@ -37,7 +37,7 @@ def layer_ops(cm: CostModel, model: ModelSpec, tp: int, ranks: tuple, seqs: int,
     ffn = model.ffn // tp
     act_reads = 3 if model.activation == "swiglu" else 2   # read gate+up, write / read, write
     pre = (
-        cm.memory_op("norm1", 2 * act_bytes),
+        cm.memory_op("norm1", 2 * act_bytes, "norm"),
         cm.gemm("qkv_proj", tokens, h, qkv_cols),
     )
     attention = cm.attention("attention", seqs, q_len, kv_len, heads, kv_heads, model.head_dim,
@@ -45,9 +45,9 @@ def layer_ops(cm: CostModel, model: ModelSpec, tp: int, ranks: tuple, seqs: int,
     post = (
         cm.gemm("out_proj", tokens, model.q_width // tp, h),
         cm.collective("all_reduce_attn", "all_reduce", act_bytes, ranks),
-        cm.memory_op("norm2", 2 * act_bytes),
+        cm.memory_op("norm2", 2 * act_bytes, "norm"),
         cm.gemm("ffn_up", tokens, h, ffn_in),
-        cm.memory_op("activation", act_reads * tokens * ffn * d),
+        cm.memory_op("activation", act_reads * tokens * ffn * d, "activation"),
         cm.gemm("ffn_down", tokens, ffn, h),
         cm.collective("all_reduce_ffn", "all_reduce", act_bytes, ranks),
     )
@@ -65,6 +65,6 @@ def lm_head_ops(cm: CostModel, model: ModelSpec, tp: int, ranks: tuple, seqs: in
     """Final norm + vocab-parallel LM head on the last token of each sequence + all-gather
     of the logits (fp32) to sample the next token."""
     d = model.dtype_bytes
-    return (cm.memory_op("final_norm", 2 * seqs * model.hidden * d),
+    return (cm.memory_op("final_norm", 2 * seqs * model.hidden * d, "norm"),
             cm.gemm("lm_head", seqs, model.hidden, -(-model.vocab // tp)),
             cm.collective("all_gather_logits", "all_gather", seqs * model.vocab * 4, ranks))
