@@ -43,9 +43,9 @@ def attention_points(rng, true):
 
 
 def memory_points(rng, true):
-    return [Point("memory", {"moved_bytes": b},
-                  noisy(rng, curves.memory_time(true, DEV, b)), NOISE)
-            for b in np.geomspace(1e4, 1e9, 16)]
+    return [Point("memory", {"moved_bytes": b, "kind": kind},
+                  noisy(rng, curves.memory_time(true, DEV, b, kind)), NOISE)
+            for b in np.geomspace(1e4, 1e9, 16) for kind in curves.MEMORY_KINDS]
 
 
 PEAK_LINK = 100e9
@@ -68,7 +68,8 @@ CASES = {
     "attention": ({"efficiency_max": 0.6, "half_seq": 150.0, "half_seq_causal": 600.0,
                    "half_head_dim": 24.0, "read_efficiency": 0.75, "launch_s": 8e-6},
                   attention_points),
-    "memory": ({"read_efficiency": 0.8, "launch_s": 4e-6}, memory_points),
+    "memory": ({"read_efficiency": 0.8, "launch_s": 4e-6, "norm_factor": 3.0,
+                "activation_factor": 1.5}, memory_points),
     "link": ({"latency_s": 6e-6, "efficiency": 0.75}, link_points),
 }
 
