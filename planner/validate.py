@@ -16,11 +16,11 @@ Refit, evaluated leave-one-out: for each configuration c, using only the other o
      samples in the store, if any, plus the operator samples the executor timed while
      running the other configurations (their per-step quantile, as above);
   2. an end-to-end correction per phase and family (strategy kind and rank count) absorbs
-     what the simulator leaves out: measured = a + b * predicted (refitted profile), least
-     squares in relative error over the other configurations of that family (a: per-step
-     costs it does not model, e.g. Python dispatch between ops, the pipeline's token
-     return; b: a mis-scaled curve);
-     with fewer than 3 of them, b alone (geometric mean of measured / predicted);
+     what the simulator leaves out (Python dispatch between ops, timers): measured =
+     b * predicted (refitted profile), b the geometric mean of measured / predicted over the
+     other configurations of that family.  One factor, not an affine fit: with three or
+     four noisy points per family an intercept and a slope extrapolate wildly to the
+     held-out end of the length range (seen here: 2.4x at seq 1024);
 then c is predicted with both.  So no "after" figure uses c's own measurements.
 """
 
@@ -197,9 +197,8 @@ def refit_profile(store, executor_run_ids: list, base: Profile, name: str = "loc
 
 
 def e2e_corrections(rows: list) -> dict:
-    """{(family, metric): (a, b)} with measured ~ a + b * predicted_refit over rows of that
-    family (Config.family; the kind when rows carry none): least squares on relative errors
-    ((a + b p) / m - 1) with 3 or more rows, else a = 0 and b the geometric mean of m / p."""
+    """{(family, metric): (0, b)} with measured ~ b * predicted_refit over rows of that
+    family (Config.family; the kind when rows carry none): b the geometric mean of m / p."""
     acc: dict = {}
     for r in rows:
         for m in METRICS:
@@ -209,12 +208,7 @@ def e2e_corrections(rows: list) -> dict:
     for key, pts in acc.items():
         p = np.array([x for x, _ in pts])
         meas = np.array([y for _, y in pts])
-        if len(pts) >= 3:
-            design = np.vstack([np.ones_like(p), p]).T / meas[:, None]
-            (a, b), *_ = np.linalg.lstsq(design, np.ones_like(p), rcond=None)
-            out[key] = (float(a), float(b))
-        else:
-            out[key] = (0.0, float(math.exp(np.mean(np.log(meas / p)))))
+        out[key] = (0.0, float(math.exp(np.mean(np.log(meas / p)))))
     return out
 
 

@@ -31,7 +31,7 @@ def test_mape_and_ratio_errors():
     assert V.summarize(rows, "predicted")["mape_ratio"] == pytest.approx(75.0)
 
 
-def test_e2e_correction_scale_with_two_points_affine_with_three():
+def test_e2e_correction_is_one_scale_per_family_and_metric():
     two = [dict(row("static", 64, (0, 0), (2.0, 4.0)),
                 predicted_refit={"ttft_ms": 1.0, "tpot_ms": 1.0}),
            dict(row("static", 128, (0, 0), (8.0, 1.0)),
@@ -39,12 +39,11 @@ def test_e2e_correction_scale_with_two_points_affine_with_three():
     c = V.e2e_corrections(two)
     assert c[("static", "ttft_ms")] == pytest.approx((0.0, 4.0))       # geometric mean
     assert c[("static", "tpot_ms")] == pytest.approx((0.0, 2.0))
-    # measured = 1.5 + 2 * predicted exactly: the affine fit recovers it
-    three = [dict(row("fapool", n, (0, 0), (1.5 + 2 * p, 1.5 + 2 * p)),
+    # measured = 3 x predicted exactly, over three lengths: the factor is 3, no intercept
+    three = [dict(row("fapool", n, (0, 0), (3 * p, 3 * p)),
                   predicted_refit={"ttft_ms": p, "tpot_ms": p})
              for n, p in ((64, 1.0), (128, 3.0), (256, 7.0))]
-    a, b = V.e2e_corrections(three)[("fapool", "ttft_ms")]
-    assert (a, b) == (pytest.approx(1.5), pytest.approx(2.0))
+    assert V.e2e_corrections(three)[("fapool", "ttft_ms")] == (0.0, pytest.approx(3.0))
 
 
 def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_path):
