@@ -118,9 +118,7 @@ def _measure(args, out: Path) -> int:
     store_path = Path(args.store) if args.store else default_store_path()
     store = Store(store_path)  # validates the file before any measuring
 
-    import torch
-
-    from calibration import microbench
+    from calibration import microbench   # the only calibration module that imports torch
 
     sweep = microbench.sweep(args.quick, device)
     threads = max(1, cpu_cores() // world)
@@ -135,7 +133,7 @@ def _measure(args, out: Path) -> int:
           f"{'quick' if args.quick else 'full'} sweep; store {store_path}", file=sys.stderr)
     try:
         with store.run(kind="microbench", backend=backend, world_size=world,
-                       torch_version=torch.__version__, meta=meta, gpu_model=gpu_model,
+                       torch_version=microbench.torch_version(), meta=meta, gpu_model=gpu_model,
                        device_count=gpu_count if device == "cuda" else 0) as run:
             def on_sample(op, params, times, dtype, impl):
                 if op == "attention":
@@ -160,6 +158,8 @@ def _refit(args, out: Path) -> int:
     path = Path(args.from_store or args.store or default_store_path())
     if not path.is_file():
         raise InputError("--from-store", f"no such store file: {path}")
+    if path.stat().st_size == 0:   # Store() would initialise it; a refit only reads
+        raise InputError("--from-store", f"{path} is empty, not an fa-pool store")
     store = Store(path)
     runs = select_runs(store.runs(status="complete"), args.world_size)
     return _write(_fit(store, runs, args.name, path), out)

@@ -115,6 +115,10 @@ def _gpu_sweep(quick: bool) -> Sweep:
         budget_s=0.02 if quick else 0.2)
 
 
+def torch_version() -> str:
+    return torch.__version__
+
+
 def device_info() -> tuple[str, str | None, int]:
     """(device type, GPU model or None, GPU count)."""
     if torch.cuda.is_available():

@@ -37,11 +37,9 @@ def register(subparsers) -> None:
         "run", help="run a plan for real on local processes (torch.distributed)",
         description="Launch the plan on local ranks (gloo on CPU, NCCL on GPU), time "
                     "TTFT / TPOT / TPS and every operator, write them to the store; without "
-                    "--plan, build one from the model / strategy / workload flags.  Here "
-                    "those default to a tiny local run, not to the shared defaults listed "
-                    "below: --model tiny --cluster local --batch 2 --seq-len 64 "
-                    "--output-len 8 --tp 1 --pp 2 --threshold 32 --tokens-per-pool-gpu 16 "
-                    "--max-pool 3; --microbatches unset means 1.",
+                    "--plan, build one from the model / strategy / workload flags, whose "
+                    "defaults here make a tiny local run (listed below); --microbatches "
+                    "unset means 1.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--plan", default=None, help="plan.json from `fapool plan` / simulate")
     p.add_argument("--nproc", type=int, default=None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from calibration.errors import InputError
 from planner.result import SimResult
 
 
@@ -42,8 +43,14 @@ def write_trace(result: SimResult, path: str | Path) -> int:
     """Write the trace JSON atomically; returns the number of op events."""
     events = trace_events(result)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
-    tmp.replace(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
+        tmp.replace(path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError("--trace", f"cannot write {path}: {err.strerror or err}") from None
     return sum(1 for e in events if e["ph"] == "X")

@@ -107,3 +107,18 @@ def test_paper_json_and_text():
     assert any("output length 128" in a for a in report["assumptions"])
     text = fapool("paper", "--output-len", "64")
     assert "output length 64" in text.stdout and "Section 5.4" in text.stdout
+
+
+def test_readme_local_example_runs(tmp_path):
+    trace = tmp_path / "t.json"
+    r = fapool("simulate", "--model", "tiny", "--cluster", "local", "--tp", "1", "--max-pool",
+               "3", "--threshold", "64", "--batch", "2", "--seq-len", "512", "--trace",
+               str(trace), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["profile"] == "local" and trace.exists()
+
+
+def test_unwritable_trace_is_one_line_and_leaves_nothing(tmp_path):
+    r = fapool("simulate", "--seq-len", "2048", "--trace", str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--trace" in r.stderr and list(tmp_path.iterdir()) == []

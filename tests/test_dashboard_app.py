@@ -59,13 +59,13 @@ def test_runs_clean_with_every_section(app):
 
 def test_threshold_changes_the_fapool_curve(app):
     before = trace(charts(app)["chart_tpot"], "FA Pool (simulated)")
+    static0 = trace(charts(app)["chart_tpot"], "static TP x PP (simulated)")
     app.select_slider(key="threshold").set_value(16384).run()
     assert_clean(app)
     after = trace(charts(app)["chart_tpot"], "FA Pool (simulated)")
     y0, y1 = dict(zip(before["x"], before["y"])), dict(zip(after["x"], after["y"]))
     assert y0[8192] != y1[8192]          # 8K: pooled at threshold 4K, base alone at 16K
     assert y0[32768] == y1[32768]        # 32K: 32 pool GPUs either way
-    static0 = trace(charts(app)["chart_tpot"], "static TP x PP (simulated)")
     assert static0["y"] == trace(charts(app)["chart_tpot"], "static TP x PP (simulated)")["y"]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import importlib.util
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -45,8 +47,27 @@ def streamlit_command(port: int, headless: bool, address: str | None = None,
     return cmd
 
 
+def check_bind(port: int, address: str | None) -> None:
+    """Refuse a port that is taken or an address this machine cannot bind, before Streamlit
+    starts (it would print its own traceback)."""
+    host = address or "0.0.0.0"
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        raise InputError("--address", f"not an address of this machine: {host}") from None
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(sockaddr)
+        except OSError as err:
+            field = "--port" if err.errno == errno.EADDRINUSE else "--address"
+            raise InputError(field, f"cannot serve on {host}:{port}: "
+                             f"{err.strerror or err}") from None
+
+
 def run(args) -> int:
     cmd = streamlit_command(args.port, args.headless, args.address)
+    check_bind(args.port, args.address)
     for module in ("streamlit", "plotly"):
         if importlib.util.find_spec(module) is None:
             raise InputError("dashboard", f"{module} is not installed: pip install -e '.[app]'")

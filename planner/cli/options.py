@@ -26,7 +26,7 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str = "paper-4l
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default_model,
                    help="preset (paper-4l, llama-2-7b, ..., tiny) or path to a HF config.json "
-                        f"(default {default_model})")
+                        "(default %(default)s)")
     for name, what in (("layers", "transformer layers"), ("hidden", "hidden size"),
                        ("heads", "attention heads"), ("kv-heads", "K/V heads (GQA)"),
                        ("head-dim", "head dimension"), ("ffn", "FFN inner size"),
@@ -37,7 +37,7 @@ def add_model_options(p: argparse.ArgumentParser, default_model: str = "paper-4l
 def add_cluster_options(p: argparse.ArgumentParser, default_cluster: str = "dgx-a100") -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--cluster", default=default_cluster,
-                   help=f"cluster preset: dgx-a100, dgx-h100, local (default {default_cluster})")
+                   help="cluster preset: dgx-a100, dgx-h100, local (default %(default)s)")
     g.add_argument("--nodes", type=_int, default=None, help="override the preset's node count")
     g.add_argument("--profile", default=None,
                    help="hardware profile name or YAML path (default: the cluster's own)")
@@ -46,33 +46,34 @@ def add_cluster_options(p: argparse.ArgumentParser, default_cluster: str = "dgx-
 def add_workload_options(p: argparse.ArgumentParser, default_seq: int = 16384) -> None:
     g = p.add_argument_group("workload")
     g.add_argument("--batch", type=_int, default=PAPER_BATCH,
-                   help=f"sequences per batch (default {PAPER_BATCH}, the paper's)")
+                   help="sequences per batch (default %(default)s; the paper's is 1024)")
     g.add_argument("--seq-len", type=_int, default=default_seq,
-                   help=f"input (prompt) tokens per sequence (default {default_seq})")
+                   help="input (prompt) tokens per sequence (default %(default)s)")
     g.add_argument("--output-len", type=_int, default=DEFAULT_OUTPUT_LEN,
-                   help=f"generated tokens per sequence (default {DEFAULT_OUTPUT_LEN}; "
-                        "the paper gives none)")
+                   help="generated tokens per sequence (default %(default)s; the paper gives "
+                        "none)")
 
 
 def add_strategy_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("strategy")
     g.add_argument("--strategy", choices=("static", "fapool"), default="fapool",
-                   help="static TP x PP, or FA Pool (default fapool)")
+                   help="static TP x PP, or FA Pool (default %(default)s)")
     g.add_argument("--tp", type=_int, default=8,
                    help="tensor-parallel degree: of each stage (static) or the base group "
-                        "(fapool) (default 8)")
-    g.add_argument("--pp", type=_int, default=2, help="pipeline stages, static only (default 2)")
+                        "(fapool) (default %(default)s)")
+    g.add_argument("--pp", type=_int, default=2, help="pipeline stages, static only (default %(default)s)")
     g.add_argument("--microbatches", type=_int, default=None,
                    help="micro-batches per batch (default: smallest count whose activations fit)")
     g.add_argument("--threshold", type=_int, default=4096,
-                   help="sequence length at which the pool is activated (default 4096)")
+                   help="sequence length at which the pool is activated (default %(default)s)")
     g.add_argument("--pool-gpus", type=_int, default=None,
                    help="fixed pool size (default: the rule min(ceil(seq/T), M))")
     g.add_argument("--tokens-per-pool-gpu", type=_int, default=512,
-                   help="T in the pool rule (default 512)")
-    g.add_argument("--max-pool", type=_int, default=32, help="M in the pool rule (default 32)")
+                   help="T in the pool rule (default %(default)s)")
+    g.add_argument("--max-pool", type=_int, default=32,
+                   help="M in the pool rule (default %(default)s)")
     g.add_argument("--decode-kv", choices=DECODE_KV_PLACEMENTS, default="split-batch",
-                   help="where the pool keeps the K/V cache in decode (default split-batch)")
+                   help="where the pool keeps the K/V cache in decode (default %(default)s)")
     g.add_argument("--balanced", action="store_true",
                    help="head-tail causal load balancing of the pool's Q blocks")
 

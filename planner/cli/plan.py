@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -64,10 +65,16 @@ def register(subparsers) -> None:
 
 
 def _check_out(out: Path, force: bool) -> None:
+    """Refuse an --out that cannot take the plan, before any work is done."""
     if out.exists() and not out.is_dir():
         raise InputError("--out", f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise InputError("--out", f"{out} is not empty (use --force to replace it)")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError("--out", f"cannot create {out}: {parent} is not a writable directory")
 
 
 def _publish(tmp: Path, out: Path) -> None:
@@ -169,8 +176,12 @@ def run(args) -> int:
                            f"{cluster.name}, {gpus} GPUs, workload {workload.name}",
                            sweeps, {"chosen": result.chosen, **baselines},
                            profile.device.hbm_bytes / 1e9, reqs, notes)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        tmp.chmod(0o755)       # mkdtemp makes it private; a plan is read by other nodes
+    except OSError as err:
+        raise InputError("--out", f"cannot create {out}: {err.strerror or err}") from None
     try:
         save_plan(plan, tmp / "plan.json")
         write_launch_configs(plan, tmp / "launch")
@@ -214,6 +225,10 @@ def format_summary(result, reqs: dict) -> str:
     lines.append("Pareto front (GPUs, TPOT ms, TPS):")
     for p in result.pareto[:12]:
         lines.append(f"  {p['gpus']:>4} {_f(p['tpot_ms']):>10} {_f(p['tps'], 0):>14}  {p['name']}")
+    if reqs:
+        lines.append("search metrics (and the SLOs) assume full batches of each length bucket; "
+                     "the request-level simulation below serves the trace as it arrives, in "
+                     "smaller batches, so its percentiles differ:")
     for label, r in reqs.items():
         s = r.summary()
         if "tpot_ms" in s:

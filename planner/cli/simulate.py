@@ -12,7 +12,8 @@ from planner.trace import write_trace
 EPILOG = """example:
   fapool simulate --model paper-4l --cluster dgx-a100 --strategy fapool --seq-len 16384
   fapool simulate --strategy static --tp 8 --pp 2 --seq-len 8192 --json
-  fapool simulate --model tiny --cluster local --batch 4 --seq-len 256 --trace out/t.json
+  fapool simulate --model tiny --cluster local --tp 1 --max-pool 3 --threshold 64 \
+      --batch 2 --seq-len 512 --trace out/t.json
 """
 
 
@@ -37,6 +38,8 @@ def run(args) -> int:
     if args.trace and result.feasible:
         count = write_trace(result, args.trace)
         print(f"wrote {count} events to {args.trace}", file=sys.stderr)
+    elif args.trace:
+        print(f"no trace written to {args.trace}: the plan is infeasible", file=sys.stderr)
     if args.json:
         print(json.dumps(out))
     else:

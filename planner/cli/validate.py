@@ -53,11 +53,20 @@ def run(args) -> int:
         from planner.model import PRESETS
         configs, model = default_configs(args.quick), PRESETS["tiny"]
     profile = load_profile(args.profile)
+    if args.repeats < 1:
+        raise InputError("--repeats", f"must be >= 1, got {args.repeats}")
+    if args.save_profile:
+        target = Path(args.save_profile)
+        if target.is_dir() or not target.parent.is_dir():
+            raise InputError("--save-profile", f"{target} is a directory or its directory "
+                             "does not exist")
     store_path = Path(args.store) if args.store else default_store_path()
-    store_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store_path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError("--store", f"cannot create {store_path.parent}: "
+                         f"{err.strerror or err}") from None
     Store(store_path).close()                  # a bad store is refused before any run
-    if args.save_profile and not Path(args.save_profile).parent.is_dir():
-        raise InputError("--save-profile", f"no such directory: {Path(args.save_profile).parent}")
 
     def say(msg):
         print(f"fapool validate: {msg}", file=sys.stderr, flush=True)
