@@ -26,6 +26,7 @@ UPLOAD = "upload / paste ..."
 THRESHOLDS = tuple(2 ** k for k in range(8, 17))          # 256 .. 65536
 LENGTHS = tuple(sorted(set(SEQ_LENS) | {3 * 2 ** k for k in range(9, 15)} | {65536}))
 TP_CHOICES = (1, 2, 4, 8, 16)
+DRAWS = 8             # profile draws per point for the 5-95 % bands (each costs a simulation)
 
 HASH = {Profile: data.profile_digest}       # hashing a profile's fields on every call is slow
 point = st.cache_data(show_spinner=False, max_entries=4096, hash_funcs=HASH)(data.point)
@@ -88,7 +89,7 @@ def render_sidebar() -> Scenario:
         selected = st.radio("selected plan", KINDS, format_func=LABELS.get, key="selected")
         slo_tpot = st.number_input("TPOT SLO (ms, 0 = none)", 0.0, 1e6, 0.0, key="slo_tpot")
         slo_ttft = st.number_input("TTFT SLO (ms, 0 = none)", 0.0, 1e7, 0.0, key="slo_ttft")
-        intervals = st.toggle("prediction intervals (16 profile draws per point)", True,
+        intervals = st.toggle(f"prediction intervals ({DRAWS} profile draws per point)", True,
                               key="intervals")
         st.text_input("measurement store", str(default_store_path()), key="store_path")
 
@@ -111,7 +112,7 @@ def render_sidebar() -> Scenario:
                               decode_kv=decode_kv),
         static=StaticStrategy(tp=tp, pp=int(pp)), selected=selected, trace=trace,
         slo_tpot_ms=slo_tpot or None, slo_ttft_ms=slo_ttft or None,
-        interval_samples=16 if intervals else 0)
+        interval_samples=DRAWS if intervals else 0)
 
 
 def render_metrics(sc: Scenario, curves: dict) -> None:
