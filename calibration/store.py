@@ -265,15 +265,8 @@ class Store:
             query, args = query + " AND kind = ?", args + [kind]
         if status is not None:
             query, args = query + " AND status = ?", args + [status]
-        rows = self._conn.execute(query + " ORDER BY id", args)
-        names = [d[0] for d in rows.description]
-        out = []
-        for row in rows.fetchall():
-            item = dict(zip(names, row))
-            item["fingerprint"] = json.loads(item["fingerprint"])
-            item["meta"] = json.loads(item["meta"])
-            out.append(item)
-        return out
+        return _dicts(self._conn.execute(query + " ORDER BY id", args),
+                      ("fingerprint", "meta"))
 
     def samples(self, op: str | None = None, run_id: int | None = None,
                 kind: str | None = None, plan_id: str | None = None,
@@ -290,12 +283,17 @@ class Store:
                 args.append(value)
         if not include_incomplete:
             query += " AND r.status = 'complete'"
-        rows = self._conn.execute(query + " ORDER BY s.id", args)
-        names = [d[0] for d in rows.description]
-        out = []
-        for row in rows.fetchall():
-            item = dict(zip(names, row))
-            item["params"] = json.loads(item["params"])
-            item["times_s"] = json.loads(item["times_s"])
-            out.append(item)
-        return out
+        return _dicts(self._conn.execute(query + " ORDER BY s.id", args),
+                      ("params", "times_s"))
+
+
+def _dicts(cursor, json_columns: tuple) -> list[dict]:
+    """Rows of a query as dicts, with the JSON-encoded columns decoded."""
+    names = [d[0] for d in cursor.description]
+    out = []
+    for row in cursor.fetchall():
+        item = dict(zip(names, row))
+        for column in json_columns:
+            item[column] = json.loads(item[column])
+        out.append(item)
+    return out
