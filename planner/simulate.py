@@ -53,14 +53,16 @@ def _program(cm: CostModel, layout: Layout, pool: int):
     return FAPoolProgram(cm, layout, pool), fapool_units(layout, pool)
 
 
-def _run_phase(program, units, phase: str, sizes: list, q_len: int, kv_len: int, steps: int,
+def _run_phase(program, units, phase: str, sizes: list, q_len: int, kv_len: int,
                record: bool) -> tuple:
+    """(machine, finish time of each micro-batch) of one pass of sizes[i]-sequence
+    micro-batches with q_len new tokens against kv_len keys."""
     env = simpy.Environment()
     machine = Machine(env, units, phase, record,
                       cores_per_node=program.layout.cluster.cores_per_node)
-    done = [[] for _ in range(steps)]
+    done = []
     for mb, seqs in enumerate(sizes):
-        env.process(program.microbatch(machine, mb, seqs, q_len, kv_len, steps, done))
+        env.process(program.microbatch(machine, mb, seqs, q_len, kv_len, done))
     env.run()
     return machine, done
 
@@ -69,8 +71,8 @@ def _prefill(program, units, wl: Workload, microbatches: int, record: bool) -> P
     sizes = deal(wl.batch, microbatches)
     simulated = sizes[:SIM_MICROBATCHES]
     machine, done = _run_phase(program, units, "prefill", simulated, wl.input_len,
-                               wl.input_len, 1, record)
-    finishes = sorted(done[0])
+                               wl.input_len, record)
+    finishes = sorted(done)
     ttft = finishes[-1]
     scale = 1.0
     if len(simulated) < len(sizes):
@@ -78,9 +80,9 @@ def _prefill(program, units, wl: Workload, microbatches: int, record: bool) -> P
         period = (finishes[-1] - finishes[-1 - k]) / k
         ttft += (len(sizes) - len(simulated)) * period
         scale = len(sizes) / len(simulated)
-    busy = {u: t * scale for (_, u), t in machine.busy.items()}
-    return PhaseRun(ttft, busy, machine.comm_time.get("prefill", 0.0) * scale,
-                    machine.op_time.get("prefill", 0.0) * scale, machine.events)
+    busy = {u: t * scale for u, t in machine.busy.items()}
+    return PhaseRun(ttft, busy, machine.comm_time * scale, machine.op_time * scale,
+                    machine.events)
 
 
 def _decode(program, units, wl: Workload, microbatches: int, record: bool) -> PhaseRun:
@@ -88,11 +90,9 @@ def _decode(program, units, wl: Workload, microbatches: int, record: bool) -> Ph
     them: every sequence's next token is sampled before the next step starts, so a step's
     makespan (pipeline fill and drain included) is the TPOT."""
     sizes = deal(wl.batch, microbatches)
-    machine, done = _run_phase(program, units, "decode", sizes, 1, wl.decode_context, 1,
-                               record)
-    busy = {u: t for (_, u), t in machine.busy.items()}
-    return PhaseRun(max(done[0]), busy, machine.comm_time.get("decode", 0.0),
-                    machine.op_time.get("decode", 0.0), machine.events)
+    machine, done = _run_phase(program, units, "decode", sizes, 1, wl.decode_context, record)
+    return PhaseRun(max(done), machine.busy, machine.comm_time, machine.op_time,
+                    machine.events)
 
 
 def decode_microbatches(strategy: Strategy, batch: int) -> int:

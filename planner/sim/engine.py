@@ -54,9 +54,9 @@ class Machine:
     phase: str = "prefill"
     record: bool = True
     events: list = field(default_factory=list)
-    busy: dict = field(default_factory=dict)     # (phase, unit) -> compute seconds
-    comm_time: dict = field(default_factory=dict)    # phase -> seconds of comm ops
-    op_time: dict = field(default_factory=dict)      # phase -> seconds of all ops
+    busy: dict = field(default_factory=dict)     # unit -> compute seconds
+    comm_time: float = 0.0                       # seconds of comm ops
+    op_time: float = 0.0                         # seconds of all ops
     resources: dict = field(default_factory=dict)
     cores_per_node: int = 0      # >0: compute ops of a node share this many CPU cores
     cores: dict = field(default_factory=dict)    # node -> simpy.Container of free cores
@@ -81,16 +81,16 @@ class Machine:
             names += [f"nic:{n}" for n in nodes]
         return names
 
-    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1, step: int = 0):
+    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1):
         """Process: hold the op's resources for op.seconds (compute: the units' streams;
-        comm: their links).  Queued requests are served by (step, micro-batch)."""
+        comm: their links).  Queued requests are served earliest micro-batch first."""
         if op.seconds <= 0:
             return
         unit_names = tuple(unit_names)
-        held = (list(unit_names) if op.kind == "compute" else self.link_resources(unit_names))
+        held = (unit_names if op.kind == "compute" else self.link_resources(unit_names))
         requests = []
         for name in sorted(held):
-            req = self.resources[name].request(priority=step * 1_000_000 + mb)
+            req = self.resources[name].request(priority=mb)
             yield req
             requests.append((name, req))
         cores = self._cores(unit_names) if op.kind == "compute" and self.cores else {}
@@ -114,20 +114,18 @@ class Machine:
                 need[node] = need.get(node, 0) + per_node
         return {n: min(c, self.cores_per_node) for n, c in sorted(need.items())}
 
-    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1, step: int = 0):
+    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1):
         """Process: ops one after the other on the same units."""
         for op in ops:
-            yield from self.run(op, unit_names, mb, layer, step)
+            yield from self.run(op, unit_names, mb, layer)
 
     def _account(self, op: OpCost, unit_names: tuple, start: float, mb: int, layer: int):
-        phase = self.phase
-        self.op_time[phase] = self.op_time.get(phase, 0.0) + op.seconds
+        self.op_time += op.seconds
         if op.kind == "comm":
-            self.comm_time[phase] = self.comm_time.get(phase, 0.0) + op.seconds
+            self.comm_time += op.seconds
         else:
             for u in unit_names:
-                key = (phase, u)
-                self.busy[key] = self.busy.get(key, 0.0) + op.seconds
+                self.busy[u] = self.busy.get(u, 0.0) + op.seconds
         if self.record:
             self.events.append(Event(op.name, op.kind, unit_names, start, self.env.now, mb,
-                                     layer, phase))
+                                     layer, self.phase))

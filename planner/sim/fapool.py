@@ -112,25 +112,26 @@ class FAPoolProgram:
                 lm_head_ops(cm, m, self.tp, self.base, seqs))
 
     def microbatch(self, machine: Machine, mb: int, seqs: int, q_len: int, kv_len: int,
-                   steps: int, done: list):
+                   done: list):
+        """Process: micro-batch mb through every layer; appends its finish time to done."""
         embed, layer, pool, head = self._ops(seqs, q_len, kv_len)
         env = machine.env
         pool_units = [f"pool{i}" for i in range(self.pool)]
-        for step in range(steps):
-            def run(ops, units, layer=-1):
-                return machine.run_sequence(ops, units, mb, layer, step)
 
-            yield from run(embed, ["base"])
-            for index in range(self.model.layers):
-                yield from run(layer.pre_attention, ["base"], index)
-                if pool is None:
-                    yield from run((layer.attention,), ["base"], index)
-                else:
-                    send, attn, back = pool
-                    yield from run(send, ["base"] + pool_units, index)
-                    yield env.all_of([env.process(run((op,), [u], index))
-                                      for op, u in zip(attn, pool_units)])
-                    yield from run(back, ["base"] + pool_units, index)
-                yield from run(layer.post_attention, ["base"], index)
-            yield from run(head, ["base"])
-            done[step].append(env.now)
+        def run(ops, units, layer=-1):
+            return machine.run_sequence(ops, units, mb, layer)
+
+        yield from run(embed, ["base"])
+        for index in range(self.model.layers):
+            yield from run(layer.pre_attention, ["base"], index)
+            if pool is None:
+                yield from run((layer.attention,), ["base"], index)
+            else:
+                send, attn, back = pool
+                yield from run(send, ["base"] + pool_units, index)
+                yield env.all_of([env.process(run((op,), [u], index))
+                                  for op, u in zip(attn, pool_units)])
+                yield from run(back, ["base"] + pool_units, index)
+            yield from run(layer.post_attention, ["base"], index)
+        yield from run(head, ["base"])
+        done.append(env.now)

@@ -47,20 +47,18 @@ class StaticProgram:
         return per_stage
 
     def microbatch(self, machine: Machine, mb: int, seqs: int, q_len: int, kv_len: int,
-                   steps: int, done: list):
-        """Process: `steps` passes of micro-batch mb through the pipeline; appends each
-        pass's finish time to done[step]."""
-        stages = self._ops(seqs, q_len, kv_len)
-        for step in range(steps):
-            def run(ops, units, layer=-1):
-                return machine.run_sequence(ops, units, mb, layer, step)
+                   done: list):
+        """Process: micro-batch mb through the pipeline; appends its finish time to done."""
 
-            for stage, (embed, layer, head, send) in enumerate(stages):
-                unit = [f"stage{stage}"]
-                yield from run(embed, unit)
-                for index in self.layout.stage_layers(stage):
-                    yield from run(layer.pre_attention + (layer.attention,), unit, index)
-                    yield from run(layer.post_attention, unit, index)
-                yield from run(head, unit)
-                yield from run(send, unit + [f"stage{(stage + 1) % self.pp}"])
-            done[step].append(machine.env.now)
+        def run(ops, units, layer=-1):
+            return machine.run_sequence(ops, units, mb, layer)
+
+        for stage, (embed, layer, head, send) in enumerate(self._ops(seqs, q_len, kv_len)):
+            unit = [f"stage{stage}"]
+            yield from run(embed, unit)
+            for index in self.layout.stage_layers(stage):
+                yield from run(layer.pre_attention + (layer.attention,), unit, index)
+                yield from run(layer.post_attention, unit, index)
+            yield from run(head, unit)
+            yield from run(send, unit + [f"stage{(stage + 1) % self.pp}"])
+        done.append(machine.env.now)
