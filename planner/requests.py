@@ -70,10 +70,11 @@ class RequestRecord:
 class StepCosts:
     """Simulated time of one prefill / decode iteration of n requests of a bucket."""
 
-    def __init__(self, model, cluster, strategy, buckets, profile, caps):
+    def __init__(self, model, cluster, strategies, buckets, profile, caps):
         self.model, self.cluster, self.profile = model, cluster, profile
         self.caps = caps                  # largest batch that fits, per bucket
-        self.strategy, self.buckets = strategy, buckets
+        self.strategies = strategies      # what each bucket runs (its pool size fixed)
+        self.buckets = buckets
         self.cache: dict = {}
         self.simulations = 0
 
@@ -81,11 +82,8 @@ class StepCosts:
         key = (phase, i, n)
         if key not in self.cache:
             b = self.buckets[i]
-            s = self.strategy
-            if isinstance(s, FAPoolStrategy):
-                s = canonical("fapool", s.base_tp, s.pool_size(b.max_input), b.input_len,
-                              s.decode_kv)
-            r = simulate(self.model, self.cluster, s, Workload(n, b.input_len, b.output_len),
+            r = simulate(self.model, self.cluster, self.strategies[i],
+                         Workload(n, b.input_len, b.output_len),
                          phase=phase, profile=self.profile, record=False, interval_samples=0)
             self.simulations += 1
             self.cache[key] = (r.ttft_s if phase == "prefill" else r.tpot_s) if r.feasible \
@@ -171,13 +169,13 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
     fapool = isinstance(strategy, FAPoolStrategy)
     pool_cap = strategy.max_pool_size if fapool else 0
     pools = [strategy.pool_size(b.max_input) if fapool else 0 for b in buckets]
-    caps = []
-    for b, p in zip(buckets, pools):
-        s = canonical("fapool", strategy.base_tp, p, b.max_input, strategy.decode_kv) \
-            if fapool else strategy
-        caps.append(fit_batch(model, s, Workload(max_batch, b.max_input, b.output_len),
-                              capacity)[0])
-    costs = StepCosts(model, cluster, strategy, buckets, profile, caps)
+    # Each bucket runs with the pool its longest input takes (pool 0: the stand-in's
+    # threshold is above every input of the bucket).
+    stand_ins = [canonical("fapool", strategy.base_tp, p, b.max_input, strategy.decode_kv)
+                 if fapool else strategy for b, p in zip(buckets, pools)]
+    caps = [fit_batch(model, s, Workload(max_batch, b.max_input, b.output_len), capacity)[0]
+            for s, b in zip(stand_ins, buckets)]
+    costs = StepCosts(model, cluster, stand_ins, buckets, profile, caps)
     records = []
     for idx, r in enumerate(workload.requests):
         i = next(k for k, (lo, hi) in enumerate(edges) if lo <= r.input_len < hi)

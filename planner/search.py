@@ -38,8 +38,9 @@ from planner.memory import choose_microbatches, fits, role_memory
 from planner.model import ModelSpec
 from planner.pareto import pareto_front, weighted_percentile
 from planner.simulate import simulate
-from planner.sweep import canonical, run_tasks
-from planner.strategy import DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy, Strategy
+from planner.sweep import canonical, run_tasks, sim_summary
+from planner.strategy import (DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy, Strategy,
+                              strategy_from_dict)
 from planner.workload import PAPER_BATCH, Workload
 from planner.workloads import RequestWorkload
 
@@ -85,7 +86,6 @@ class SearchResult:
     seconds: float = 0.0
 
     def strategy(self, candidate: dict) -> Strategy:
-        from planner.strategy import strategy_from_dict
         return strategy_from_dict(candidate["strategy"])
 
     def to_json(self, all_candidates: bool = False) -> dict:
@@ -349,14 +349,10 @@ def evaluate_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
     per_bucket = []
     for i, b in enumerate(buckets):
         n, why, key = planner.bucket(strategy, i)
-        r = None
-        if key:
-            res = simulate(model, cluster, strategy, Workload(n, b.input_len, b.output_len),
-                           profile=profile, record=False, interval_samples=0)
-            r = {"feasible": res.feasible, "reasons": list(res.infeasible_reasons),
-                 "memory_gb": {k: round(m.total / 1e9, 3) for k, m in res.memory.items()}}
-            if res.feasible:
-                r.update(ttft_s=res.ttft_s, tpot_s=res.tpot_s, total_s=res.total_s)
+        r = sim_summary(simulate(model, cluster, strategy, Workload(n, b.input_len,
+                                                                    b.output_len),
+                                 profile=profile, record=False, interval_samples=0)) \
+            if key else None
         per_bucket.append((n, why, r))
     return aggregate(strategy, buckets, per_bucket, slo or {"tpot_ms": None, "ttft_ms": None})
 
@@ -365,7 +361,6 @@ def add_intervals(cand: dict, model, cluster, profile: Profile, buckets: list,
                   workers: int = 1, draws: int = INTERVAL_DRAWS, seed: int = 0) -> None:
     """5-95% intervals of the aggregated TPOT / TTFT / TPS over draws of the profile's
     fitted parameters (the same draw for every bucket, aggregated per draw)."""
-    from planner.strategy import strategy_from_dict
     s = strategy_from_dict(cand["strategy"])
     rows = cand["buckets"]
     keys = [(*_kind(s), _second(s, b.input_len), i, _kv(s), row["batch"])
@@ -375,16 +370,12 @@ def add_intervals(cand: dict, model, cluster, profile: Profile, buckets: list,
     values = run_tasks([(k, p) for p in profiles for k in keys], workers,
                        (model, cluster, profile, buckets), False, "intervals")
     per_draw = {"tpot_ms": [], "ttft_ms": [], "tps": []}
-    w = [row["weight"] for row in rows]
     for d in range(draws):
         rs = values[d * len(keys):(d + 1) * len(keys)]
-        if not all(r["feasible"] for r in rs):
-            continue
-        per_draw["tpot_ms"].append(sum(wi * r["tpot_s"] for wi, r in zip(w, rs)) * 1e3 / sum(w))
-        per_draw["ttft_ms"].append(sum(wi * r["ttft_s"] for wi, r in zip(w, rs)) * 1e3 / sum(w))
-        tokens = sum(wi * (row["seq_len"] + row["output_len"]) for wi, row in zip(w, rows))
-        per_draw["tps"].append(tokens / sum(wi * r["total_s"] / row["batch"]
-                                            for wi, r, row in zip(w, rs, rows)))
+        drawn = aggregate(s, buckets, [(row["batch"], [], r) for row, r in zip(rows, rs)], {})
+        if drawn["feasible"]:
+            for name, vals in per_draw.items():
+                vals.append(drawn[name])
     for name, vals in per_draw.items():
         if vals:
             lo, hi = np.percentile(vals, (5, 95))

@@ -40,8 +40,14 @@ def sim_task(task) -> dict:
     bucket = _CTX["buckets"][i]
     strategy = canonical(kind, a, b, bucket.input_len, decode_kv)
     wl = Workload(batch, bucket.input_len, bucket.output_len)
-    r = simulate(_CTX["model"], _CTX["cluster"], strategy, wl,
-                 profile=profile or _CTX["profile"], record=False, interval_samples=0)
+    return sim_summary(simulate(_CTX["model"], _CTX["cluster"], strategy, wl,
+                                profile=profile or _CTX["profile"], record=False,
+                                interval_samples=0))
+
+
+def sim_summary(r) -> dict:
+    """What the search keeps of a SimResult: feasibility, reasons, memory per role (GB) and,
+    when it fits, TTFT / TPOT / batch time in seconds."""
     out = {"feasible": r.feasible, "reasons": list(r.infeasible_reasons),
            "memory_gb": {role: round(m.total / 1e9, 3) for role, m in r.memory.items()}}
     if r.feasible:

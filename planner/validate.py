@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.errors import InputError, require
+from calibration.errors import require
 from calibration.profile import Profile, load_profile
 from planner.cluster import PRESETS as CLUSTERS
 from planner.cluster import ClusterSpec
@@ -146,7 +146,7 @@ def measured_from_store(store, run_id: int) -> dict:
     """Measured TTFT / TPOT (quantile and median) from a run's e2e samples."""
     out = {}
     for op, metric in (("e2e_prefill", "ttft_ms"), ("e2e_decode", "tpot_ms")):
-        samples = [s for s in store.samples(op=op, run_id=run_id)]
+        samples = store.samples(op=op, run_id=run_id)
         require(bool(samples), "store", f"run {run_id} has no {op} samples")
         times = [t for s in samples for t in s["times_s"]]
         out[metric] = _quantile_ms(times)
@@ -304,11 +304,12 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
             tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
             others = [rid for r in rows if r is not row for rid in r["run_ids"]]
             refit = refit_profile(store, others, profile)
-            for r in rows:
-                if r is not row:
-                    r.setdefault("_fold", {})[row["label"]] = predict(
-                        model, configs[rows.index(r)], refit)
-            row["predicted_refit"] = predict(model, configs[i], refit)
+            for r, cfg in zip(rows, configs):
+                pred = predict(model, cfg, refit)
+                if r is row:
+                    row["predicted_refit"] = pred
+                else:
+                    r.setdefault("_fold", {})[row["label"]] = pred
         for i, row in enumerate(rows):
             train = [dict(r, predicted_refit=r["_fold"][row["label"]])
                      for r in rows if r is not row]

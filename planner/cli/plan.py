@@ -112,8 +112,7 @@ def _plan_workload(chosen: dict) -> Workload:
     for row in chosen["buckets"]:
         acc += row["weight"]
         if acc >= 0.5 - 1e-9:
-            return Workload(row["batch"], row["seq_len"], row["output_len"])
-    row = chosen["buckets"][-1]
+            break
     return Workload(row["batch"], row["seq_len"], row["output_len"])
 
 
