@@ -11,8 +11,8 @@ import tempfile
 from pathlib import Path
 
 from calibration.errors import InputError
-from planner.cli.options import (add_cluster_options, add_model_options, add_strategy_options,
-                                 add_workload_options, specs_from_args)
+from planner.cli.options import (Formatter, add_cluster_options, add_model_options,
+                                 add_strategy_options, add_workload_options, specs_from_args)
 
 EPILOG = """examples:
   fapool run --plan plan.json --verify
@@ -40,7 +40,7 @@ def register(subparsers) -> None:
                     "--plan, build one from the model / strategy / workload flags, whose "
                     "defaults here make a tiny local run (listed below); --microbatches "
                     "unset means 1.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EPILOG, formatter_class=Formatter)
     p.add_argument("--plan", default=None, help="plan.json from `fapool plan` / simulate")
     p.add_argument("--nproc", type=int, default=None,
                    help="local processes; must equal the plan's world size (default: it)")

@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from executor.fapool import BaseRank, PoolRank
 from executor.groups import build_groups
-from executor.measure import Timer, overlap, wall
+from executor.measure import COMPUTE, Timer, overlap, wall
 from executor.model import make_weights
 from executor.pipeline import StageRank
 from executor.runtime import Runtime
@@ -98,7 +98,7 @@ def run_case(plan: Plan, rank: int, device: torch.device, heartbeat, steps: int 
             tpot.extend(decode_times)
         if rank == 0:
             generated = torch.stack(out, dim=1).cpu()            # (b, output_len)
-    heartbeat.set(1, "gather results")
+    heartbeat.set(COMPUTE, "gather results")
     mine = {"timings": timer.records(), "records": rt.records, "trace": timer.trace,
             "role": groups.info.role}
     gathered = [None] * plan.world_size if rank == 0 else None

@@ -102,12 +102,14 @@ class BaseRank(TPRank):
             return self.client.prefill(layer, j, q, k, v)
         return self.client.decode(step, layer, j, q, k, v)
 
-    def _finish(self, waiter, like: torch.Tensor):
-        """This rank's heads of the attention output, (b, s, h_local, d)."""
+    def _finish(self, waiter, x: torch.Tensor):
+        """This rank's heads of the attention output, (b, s, h_local, d); x (b, s, hidden)
+        is the layer's input."""
         if not self.pool or self.tp == 1:
             return waiter()
         tm = self.rt.timer
-        out = torch.empty_like(like)
+        out = x.new_empty(x.shape[0], x.shape[1], self.rt.spec.heads // self.tp,
+                          self.rt.spec.head_dim)
         chunks = ([c.contiguous() for c in waiter().chunk(self.tp, dim=2)]
                   if self.root else None)
         with tm.op("scatter", comm=True, bytes=out.numel() * out.element_size(),
@@ -121,13 +123,10 @@ class BaseRank(TPRank):
         rt = self.rt
         spec = rt.spec
         xs = [embed(tokens[r.start:r.stop], self.weights) for r in rt.mb_rows]
-        hl = spec.heads // self.tp
         for layer in self.layers:
             waits = [self._submit(layer, j, x, step) for j, x in enumerate(xs)]
             for j, x in enumerate(xs):
-                like = x.new_empty(x.shape[0], x.shape[1], hl, spec.head_dim)
-                o = self._finish(waits[j], like)
-                xs[j] = self.post_attention(layer, j, x, o, step)
+                xs[j] = self.post_attention(layer, j, x, self._finish(waits[j], x), step)
         x = rt.head_input(torch.cat(xs))                            # (b, s or 1, hidden)
         with rt.timer.op("lm_head", tokens=x.shape[0] * x.shape[1], hidden=spec.hidden,
                          vocab=spec.vocab):

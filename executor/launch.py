@@ -42,7 +42,6 @@ class LaunchResult:
     error: str = ""                                # one line naming the rank
     run_dir: str = ""
     pids: list = field(default_factory=list)       # the ranks', then torchrun's
-    elapsed_s: float = 0.0
 
 
 def _proc_state(pid: int):
@@ -140,7 +139,7 @@ def _blame_timeout(run_dir: Path, nproc: int, timeout: float) -> str:
 
 
 def launch(plan_paths: list, nproc: int, timeout: float, args: list = (),
-           env: dict | None = None, keep_dir: bool = False) -> LaunchResult:
+           env: dict | None = None) -> LaunchResult:
     """Run ``torchrun ... -m executor --plan P ... ARGS`` on nproc local ranks."""
     run_dir = Path(tempfile.mkdtemp(prefix="fapool-run-"))
     create_heartbeat(run_dir / "heartbeat", nproc)
@@ -192,6 +191,5 @@ def launch(plan_paths: list, nproc: int, timeout: float, args: list = (),
         _read_pids(run_dir, nproc, pids)
         res.pids = [pids[r] for r in sorted(pids)] + [agent.pid]
         _terminate(agent, res.pids[:-1])
-        res.elapsed_s = time.monotonic() - start
-        if not keep_dir and res.ok:
+        if res.ok:           # a failed run's dir stays: the error line names it
             shutil.rmtree(run_dir, ignore_errors=True)

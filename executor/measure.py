@@ -8,7 +8,6 @@ can write them as samples.  Ops marked ``comm=True`` also flip the heartbeat to
 
 from __future__ import annotations
 
-import json
 import mmap
 import os
 import struct
@@ -86,12 +85,12 @@ class Timer:
             start.record()
             yield
             end.record()
-            self._times[(name, json.dumps(params, sort_keys=True))].append((start, end))
+            self._times[(name, tuple(sorted(params.items())))].append((start, end))
         else:
             t0 = time.perf_counter()
             yield
             t1 = time.perf_counter()
-            self._times[(name, json.dumps(params, sort_keys=True))].append(t1 - t0)
+            self._times[(name, tuple(sorted(params.items())))].append(t1 - t0)
             if name in TRACED:   # CLOCK_MONOTONIC: comparable across local processes
                 self.trace.append((name, t0, t1))
         if comm:
@@ -104,12 +103,8 @@ class Timer:
         out = []
         for (name, params), times in self._times.items():
             secs = [t if isinstance(t, float) else t[0].elapsed_time(t[1]) / 1e3 for t in times]
-            out.append((name, json.loads(params), secs))
+            out.append((name, dict(params), secs))
         return out
-
-    def reset(self) -> None:
-        self._times.clear()
-        self.trace.clear()
 
 
 def _union(intervals: list) -> list:

@@ -17,8 +17,6 @@ Members of a pool group: index 0 = base root, index 1 + p = pool rank p.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 
@@ -149,6 +147,24 @@ class PoolPlanBits:
         """split-seq: pool rank that keeps the K/V of decode step `step` (round-robin)."""
         return (step - 1) % self.size
 
+    def prefill_gather(self, layer: int, j: int, b: int) -> TreeGather:
+        """The attention blocks (b, q_extent, H, d) back to the root, along the sequence."""
+        return TreeGather(self.rt, self.members, [0] + [self.q_extent(p) for p in
+                                                        range(self.size)],
+                          1, lambda e: (b, e, self.h, self.d), self.rt.dtype,
+                          self.rt.tag(0, layer, j, TREE))
+
+    def decode_gather(self, step: int, layer: int, j: int, b: int) -> TreeGather:
+        """Decode outputs back to the root along dim 0: split-seq, one fp32 partial
+        (1, b, 1, H, d + 1) per pool rank (out and its LSE); else each rank's rows
+        (rows, 1, H, d)."""
+        tag = self.rt.tag(step, layer, j, TREE)
+        if self.kv_mode == "split-seq":
+            return TreeGather(self.rt, self.members, [0] + [1] * self.size, 0,
+                              lambda e: (e, b, 1, self.h, self.d + 1), torch.float32, tag)
+        return TreeGather(self.rt, self.members, [0] + [len(r) for r in self.rows(j)], 0,
+                          lambda e: (e, 1, self.h, self.d), self.rt.dtype, tag)
+
 
 class PoolClient(PoolPlanBits):
     """Runs on the base root: posts the work of one (layer, micro-batch), returns a waiter."""
@@ -156,7 +172,6 @@ class PoolClient(PoolPlanBits):
     def prefill(self, layer: int, j: int, q, k, v):
         """q (b, s, H, d), k/v (b, s, KV, d) -> callable returning out (b, s, H, d)."""
         rt, tm = self.rt, self.rt.timer
-        b, s = q.shape[:2]
         tag = rt.tag(0, layer, j, Q_SEND)
         sends = []
         for p, segs in enumerate(self.segments):
@@ -166,9 +181,7 @@ class PoolClient(PoolPlanBits):
         kv = torch.stack([k, v]).contiguous()                        # (2, b, s, KV, d)
         with tm.op("broadcast_post", comm=True):      # async: issue only, waited later
             bcast = dist.broadcast(kv, src=self.members[0], group=self.group, async_op=True)
-        gather = TreeGather(rt, self.members, [0] + [self.q_extent(p) for p in range(self.size)],
-                            1, lambda e: (b, e, self.h, self.d), q.dtype,
-                            rt.tag(0, layer, j, TREE))
+        gather = self.prefill_gather(layer, j, q.shape[0])
         posted = gather.post()
 
         def wait():
@@ -204,13 +217,7 @@ class PoolClient(PoolPlanBits):
             with tm.op("broadcast_post", comm=True):  # async: issue only, waited later
                 bcast = dist.broadcast(packed, src=self.members[0], group=self.group,
                                        async_op=True)
-        tag = rt.tag(step, layer, j, TREE)
-        if self.kv_mode == "split-seq":
-            gather = TreeGather(rt, self.members, [0] + [1] * self.size, 0,
-                                lambda e: (e, b, 1, self.h, self.d + 1), torch.float32, tag)
-        else:
-            gather = TreeGather(rt, self.members, [0] + [len(r) for r in rows], 0,
-                                lambda e: (e, 1, self.h, self.d), q.dtype, tag)
+        gather = self.decode_gather(step, layer, j, b)
         posted = gather.post()
 
         def wait():
@@ -236,7 +243,6 @@ class PoolWorker(PoolPlanBits):
         super().__init__(rt, size)
         self.p, self.idx = p, 1 + p
         self.cache = {}                                               # (layer, mb) -> KVCache
-        self.extents_q = [0] + [self.q_extent(i) for i in range(size)]
 
     def prefill(self, layer: int, j: int) -> None:
         rt, tm = self.rt, self.rt.timer
@@ -260,8 +266,7 @@ class PoolWorker(PoolPlanBits):
                                                    kv[1, :, :e]))
             off += e - a
         self._keep_cache(layer, j, kv)
-        TreeGather(rt, self.members, self.extents_q, 1, lambda e: (b, e, self.h, self.d),
-                   rt.dtype, rt.tag(0, layer, j, TREE)).send_up(self.idx, torch.cat(outs, 1))
+        self.prefill_gather(layer, j, b).send_up(self.idx, torch.cat(outs, 1))
 
     def _keep_cache(self, layer: int, j: int, kv: torch.Tensor) -> None:
         if self.rt.decode_steps <= 0:
@@ -284,7 +289,6 @@ class PoolWorker(PoolPlanBits):
         rows = self.rows(j)
         mine = rows[self.p]
         width = self.h + 2 * self.kvh
-        tag = rt.tag(step, layer, j, TREE)
         cache = self.cache[(layer, j)]
         if self.kv_mode == "split-batch":
             if not len(mine):
@@ -299,17 +303,14 @@ class PoolWorker(PoolPlanBits):
                        ranks=len(self.members), link=rt.link(self.members)):
                 dist.broadcast(packed, src=self.members[0], group=self.group)
         q, k, v = packed.split([self.h, self.kvh, self.kvh], dim=2)
-        params = dict(batch=0, q_len=1, kv_len=0, heads=self.h, kv_heads=self.kvh,
-                      head_dim=self.d, causal=False, dtype_bytes=q.element_size())
+        gather = self.decode_gather(step, layer, j, b)
         if self.kv_mode == "split-seq":
             if self.owner(step) == self.p:
                 cache.append(k, v)
-            with tm.op("attention", **{**params, "batch": b, "kv_len": cache.len}):
+            with self._timed_attention(b, cache.len, q):
                 out, lse = attention.decode_partial(q, cache.k, cache.v, cache.len)
             payload = torch.cat([out, lse[:, None, :, None]], dim=-1)[None]  # (1,b,1,H,d+1)
-            TreeGather(rt, self.members, [0] + [1] * self.size, 0,
-                       lambda e: (e, b, 1, self.h, self.d + 1), torch.float32,
-                       tag).send_up(self.idx, payload.contiguous())
+            gather.send_up(self.idx, payload.contiguous())
             return
         cache.append(k, v)
         if self.kv_mode == "split-batch":      # the cache holds exactly this rank's rows
@@ -319,7 +320,12 @@ class PoolWorker(PoolPlanBits):
             kc, vc = cache.k[mine.start:mine.stop], cache.v[mine.start:mine.stop]
         out = q.new_zeros(0, 1, self.h, self.d)
         if len(mine):
-            with tm.op("attention", **{**params, "batch": len(mine), "kv_len": cache.len}):
+            with self._timed_attention(len(mine), cache.len, q):
                 out = attention.decode_full(qm.contiguous(), kc, vc, cache.len)
-        TreeGather(rt, self.members, [0] + [len(r) for r in rows], 0,
-                   lambda e: (e, 1, self.h, self.d), rt.dtype, tag).send_up(self.idx, out)
+        gather.send_up(self.idx, out)
+
+    def _timed_attention(self, batch: int, kv_len: int, q: torch.Tensor):
+        """Timer op of a decode attention: one query per sequence over kv_len keys."""
+        return self.rt.timer.op("attention", batch=batch, q_len=1, kv_len=kv_len,
+                                heads=self.h, kv_heads=self.kvh, head_dim=self.d,
+                                causal=False, dtype_bytes=q.element_size())

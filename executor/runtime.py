@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -57,11 +58,12 @@ class Runtime:
         m = self.plan.strategy.microbatches or 1
         return min(m, self.batch)
 
-    @property
+    @cached_property
     def mb_rows(self) -> list:
+        """Rows of each non-empty micro-batch; fixed for the run, read per message (tag)."""
         return [r for r in row_ranges(self.batch, self.microbatches) if len(r)]
 
-    @property
+    @cached_property
     def pool_size(self) -> int:
         """Pool GPUs activated for this workload's prompt length (paper 1.3); the decode
         steps of the request keep the pool (and K/V placement) chosen at prefill."""
