@@ -198,10 +198,6 @@ def render_heatmap(sc: Scenario) -> None:
 
 def render_search(sc: Scenario) -> None:
     st.header("Plan search: Pareto front of GPUs vs TPOT")
-    why = data.search_available()
-    if why:
-        st.info(why)
-        return
     budget = st.number_input("GPU budget", 1, sc.cluster.total_gpus, sc.cluster.total_gpus,
                              key="search_gpus")
     objective = st.radio("objective", ["tps", "gpus"], horizontal=True, key="objective")
@@ -246,12 +242,8 @@ def render_downloads(sc: Scenario) -> None:
     left, right = st.columns(2)
     left.download_button("plan.json", lambda: data.plan_json(sc), "plan.json",
                          "application/json", key="dl_plan")
-    why = data.launch_available()
-    if why:
-        right.info(why)
-    else:
-        right.download_button("launch configs (zip)", lambda: data.launch_zip(sc),
-                              "fapool-launch.zip", "application/zip", key="dl_launch")
+    right.download_button("launch configs (zip)", lambda: data.launch_zip(sc),
+                          "fapool-launch.zip", "application/zip", key="dl_launch")
 
 
 def main() -> None:

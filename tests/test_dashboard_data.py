@@ -247,8 +247,6 @@ def test_plan_json_is_a_valid_plan_with_predictions():
 
 
 def test_launch_zip_holds_plan_and_launch_configs():
-    if data.launch_available():
-        pytest.skip(data.launch_available())
     from planner.launch import render_launch_configs
     sc = scenario()
     with zipfile.ZipFile(io.BytesIO(data.launch_zip(sc))) as zf:

@@ -18,11 +18,14 @@ from pathlib import Path
 from calibration.errors import InputError
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
+from planner.launch import render_launch_configs
 from planner.model import ModelSpec
 from planner.memory import choose_microbatches, fits, role_memory
 from planner.plan import make_plan
+from planner.search import SearchSpace, search
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, Strategy
+from planner.sweep import canonical as search_stand_in
 from planner.workload import Workload
 from planner.dashboard.scenario import LABELS, Scenario
 
@@ -44,6 +47,15 @@ def profile_digest(profile: Profile) -> str:
     return digest
 
 
+def _with_pool(fapool: FAPoolStrategy, pool: int, seq_len: int) -> FAPoolStrategy:
+    """FA Pool with fapool's base TP, K/V placement and micro-batches and exactly `pool` pool
+    GPUs at seq_len (0: attention on the base group): planner.sweep's stand-in, which the
+    search shares simulations with in the same way."""
+    return dataclasses.replace(
+        search_stand_in("fapool", fapool.base_tp, pool, seq_len, fapool.decode_kv),
+        microbatches=fapool.microbatches)
+
+
 def canonical(strategy: Strategy, seq_len: int) -> Strategy:
     """The same configuration with the FA Pool rule resolved for this length, so the cache
     key does not change with parameters that do not change the simulation: at a given length
@@ -51,12 +63,7 @@ def canonical(strategy: Strategy, seq_len: int) -> Strategy:
     same nodes whatever max_pool is).  Tested equal to the original in test_dashboard_data."""
     if not isinstance(strategy, FAPoolStrategy):
         return strategy
-    pool = strategy.pool_size(seq_len)
-    if pool == 0:
-        return dataclasses.replace(strategy, threshold=seq_len + 1, tokens_per_pool_gpu=1,
-                                   max_pool=1, pool_gpus=None)
-    return dataclasses.replace(strategy, threshold=seq_len, tokens_per_pool_gpu=1,
-                               max_pool=pool, pool_gpus=pool)
+    return _with_pool(strategy, strategy.pool_size(seq_len), seq_len)
 
 
 def _tps_interval(wl: Workload, ttft_iv, tpot_iv):
@@ -71,12 +78,11 @@ def _tps_interval(wl: Workload, ttft_iv, tpot_iv):
 
 def point(model: ModelSpec, cluster: ClusterSpec, profile: Profile, strategy: Strategy,
           workload: Workload, interval_samples: int = 0) -> dict:
-    """One configuration's predictions: the `fapool simulate --json` object, plus HBM
-    capacity and a TPS interval."""
+    """One configuration's predictions: the `fapool simulate --json` object, plus a TPS
+    interval."""
     result = simulate(model, cluster, strategy, workload, profile=profile, record=False,
                       interval_samples=interval_samples)
     out = result.to_json()
-    out["capacity_gb"] = profile.device.hbm_bytes / 1e9
     out["tps_interval"] = _tps_interval(workload, result.ttft_interval, result.tpot_interval)
     return out
 
@@ -151,9 +157,7 @@ def heatmap(sc: Scenario, metric: str = "tpot", point_fn=point, progress=None) -
     cases = {}                                   # (seq, pool) -> (strategy, workload)
     for seq, out, _ in mix:
         for pool in (0,) + pools:
-            strategy = (dataclasses.replace(sc.fapool, threshold=seq + 1) if pool == 0 else
-                        dataclasses.replace(sc.fapool, threshold=seq, pool_gpus=pool))
-            cases[seq, pool] = (canonical(strategy, seq), Workload(sc.batch, seq, out))
+            cases[seq, pool] = (_with_pool(sc.fapool, pool, seq), Workload(sc.batch, seq, out))
     # Memory first (cheap, planner.memory as simulate checks it): only cells whose every
     # bucket fits need simulations.
     misfit = {k: memory_reasons(sc, *v) for k, v in cases.items()}
@@ -221,8 +225,6 @@ def front_2d(candidates: list) -> list:
 def run_search(sc: Scenario, gpus: int, objective: str = "tps", progress=None) -> dict:
     """planner.search over the scenario's workload (trace or uniform mix) and batch;
     progress(fraction) is called as simulations finish."""
-    from planner.search import SearchSpace, search
-
     tick = (lambda done, total: progress(done / max(total, 1))) if progress else False
     res = search(sc.model, sc.cluster, gpus, sc.request_workload, sc.slo_tpot_ms,
                  sc.slo_ttft_ms, objective, progress=tick, batch=sc.batch, profile=sc.profile,
@@ -240,15 +242,6 @@ def run_search(sc: Scenario, gpus: int, objective: str = "tps", progress=None) -
             "pareto": [_slim(c) for c in res.pareto],
             "front": [_slim(c) for c in front_2d(res.candidates)],
             "chosen": _slim(chosen) if chosen else None, "summary": summary}
-
-
-def search_available() -> str | None:
-    """None when planner.search can be imported, else why not."""
-    try:
-        from planner.search import search  # noqa: F401
-    except ImportError as err:
-        return f"plan search unavailable: {err}"
-    return None
 
 
 # ------------------------------------------------------------------ measured vs predicted
@@ -299,30 +292,24 @@ def selected_plan(sc: Scenario):
                      predictions=result.to_json())
 
 
+def _plan_text(plan) -> str:
+    """plan.json's text, as planner.plan.save_plan writes it."""
+    return json.dumps(plan.to_dict(), indent=2) + "\n"
+
+
 def plan_json(sc: Scenario) -> bytes:
-    return (json.dumps(selected_plan(sc).to_dict(), indent=2) + "\n").encode()
+    return _plan_text(selected_plan(sc)).encode()
 
 
 def launch_zip(sc: Scenario) -> bytes:
     """plan.json and planner.launch's launch configs of the selected plan, zipped."""
-    from planner.launch import render_launch_configs
-
     plan = selected_plan(sc)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr("plan.json", json.dumps(plan.to_dict(), indent=2) + "\n")
+        zf.writestr("plan.json", _plan_text(plan))
         for name, text in sorted(render_launch_configs(plan).items()):
             zf.writestr(str(name), text)
     return buf.getvalue()
-
-
-def launch_available() -> str | None:
-    """None when planner.launch can render launch configs, else why not."""
-    try:
-        from planner.launch import render_launch_configs  # noqa: F401
-    except ImportError as err:
-        return f"launch configs unavailable: {err}"
-    return None
 
 
 def fmt(value: float) -> str:

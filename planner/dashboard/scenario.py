@@ -25,6 +25,13 @@ KINDS = ("fapool", "static")
 LABELS = {"fapool": "FA Pool", "static": "static TP x PP"}
 
 
+def require_links(profile: Profile, cluster: ClusterSpec) -> None:
+    """InputError unless the profile has the cluster's links (as ClusterSpec.load_profile
+    checks its own profile): intra-node, and inter-node when there are several nodes."""
+    for link in {cluster.intra_link} | ({cluster.inter_link} if cluster.nodes > 1 else set()):
+        profile.link(link)
+
+
 @dataclass(frozen=True)
 class Scenario:
     model: ModelSpec
@@ -55,9 +62,7 @@ class Scenario:
         # The planner's own checks: TP divides heads / FFN, GPUs fit in the cluster.
         build_layout(self.model, self.cluster, self.fapool)
         build_layout(self.model, self.cluster, self.static)
-        for link in {self.cluster.intra_link} | ({self.cluster.inter_link}
-                                                 if self.cluster.nodes > 1 else set()):
-            self.profile.link(link)
+        require_links(self.profile, self.cluster)
 
     def strategy(self, kind: str | None = None) -> Strategy:
         kind = kind or self.selected

@@ -20,6 +20,7 @@ import yaml
 from calibration.errors import InputError, require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
+from planner.dashboard.scenario import require_links
 from planner.model import ModelSpec, model_from_hf_config
 from planner.workloads import RequestWorkload, load_trace
 
@@ -73,9 +74,7 @@ def profile_from_upload(data: bytes, cluster: ClusterSpec | None = None) -> Prof
         raise InputError("profile", f"not valid YAML{where}") from None
     profile = Profile.from_dict(raw)
     if cluster is not None:
-        for link in {cluster.intra_link} | ({cluster.inter_link} if cluster.nodes > 1
-                                            else set()):
-            profile.link(link)
+        require_links(profile, cluster)
     return profile
 
 
