@@ -137,3 +137,11 @@ def choose_microbatches(model: ModelSpec, strategy: Strategy, wl: Workload,
             break
         count = min(count * 2, wl.batch)
     return count
+
+
+def memory_check(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float) -> tuple:
+    """(micro-batches, MemoryBreakdown per role, reasons it does not fit): the one memory
+    check that simulate, the search and the dashboard share."""
+    microbatches = choose_microbatches(model, strategy, wl, capacity)
+    breakdowns = role_memory(model, strategy, wl, capacity, microbatches)
+    return microbatches, breakdowns, fits(breakdowns, capacity)

@@ -34,7 +34,7 @@ from calibration.errors import InputError, require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.layout import check_tp
-from planner.memory import choose_microbatches, fits, role_memory
+from planner.memory import memory_check
 from planner.model import ModelSpec
 from planner.pareto import pareto_front, weighted_percentile
 from planner.simulate import simulate
@@ -160,9 +160,8 @@ def _kv(s: Strategy) -> str:
 def fit_batch(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float) -> tuple:
     """(largest batch <= wl.batch whose memory fits at wl.input_len, reasons at batch 1)."""
     def reasons(n):
-        w = Workload(n, wl.input_len, wl.output_len)
-        return fits(role_memory(model, strategy, w, capacity,
-                                choose_microbatches(model, strategy, w, capacity)), capacity)
+        return memory_check(model, strategy, Workload(n, wl.input_len, wl.output_len),
+                            capacity)[2]
     if not reasons(wl.batch):
         return wl.batch, []
     first = reasons(1)

@@ -23,7 +23,7 @@ from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.costs import CostModel
 from planner.layout import Layout, build_layout
-from planner.memory import choose_microbatches, fits, role_memory
+from planner.memory import memory_check
 from planner.model import ModelSpec
 from planner.result import SimResult
 from planner.sim.engine import Machine
@@ -124,9 +124,7 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workloa
     layout = build_layout(model, cluster, strategy)
     profile = profile or cluster.load_profile()
     capacity = profile.device.hbm_bytes
-    microbatches = choose_microbatches(model, strategy, workload, capacity)
-    memory = role_memory(model, strategy, workload, capacity, microbatches)
-    reasons = fits(memory, capacity)
+    microbatches, memory, reasons = memory_check(model, strategy, workload, capacity)
     base = dict(model=model, cluster=cluster, strategy=strategy, workload=workload, phase=phase,
                 profile=profile.name, memory=memory, microbatches=microbatches,
                 decode_microbatches=decode_microbatches(strategy, workload.batch))

@@ -20,7 +20,7 @@ from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.launch import render_launch_configs
 from planner.model import ModelSpec
-from planner.memory import choose_microbatches, fits, role_memory
+from planner.memory import memory_check
 from planner.plan import make_plan
 from planner.search import SearchSpace, search
 from planner.simulate import simulate
@@ -128,9 +128,7 @@ def timeline(model: ModelSpec, cluster: ClusterSpec, profile: Profile, strategy:
 # ------------------------------------------------------------------ heatmap
 def memory_reasons(sc: Scenario, strategy: Strategy, workload: Workload) -> list:
     """Why the configuration does not fit in HBM ([] when it does): simulate's own check."""
-    capacity = sc.profile.device.hbm_bytes
-    microbatches = choose_microbatches(sc.model, strategy, workload, capacity)
-    return fits(role_memory(sc.model, strategy, workload, capacity, microbatches), capacity)
+    return memory_check(sc.model, strategy, workload, sc.profile.device.hbm_bytes)[2]
 
 
 def heat_axes(sc: Scenario) -> tuple:
