@@ -48,8 +48,10 @@ def test_decode_attention_is_memory_bound():
 def test_all_reduce_by_hand():
     link = PROFILE.links["nvlink"].curve.params
     payload, n = 64e6, 8
-    expected = link["latency_s"] * 3 + 2 * 7 / 8 * payload / (300e9 * link["efficiency"])
-    op = CM.collective("ar", "all_reduce", payload, range(8))
+    hops = 3                                         # ceil(log2(8))
+    expected = (link["latency_s"] * hops
+                + 2 * (n - 1) / n * payload / (300e9 * link["efficiency"]))
+    op = CM.collective("ar", "all_reduce", payload, range(n))
     assert op.seconds == pytest.approx(expected, rel=1e-12)
 
 

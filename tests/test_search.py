@@ -10,7 +10,7 @@ from planner.model import PRESETS
 from planner.pareto import dominates, pareto_front, weighted_percentile
 from planner.search import SearchSpace, enumerate_strategies, evaluate_strategy, search
 from planner.simulate import simulate
-from planner.strategy import FAPoolStrategy, StaticStrategy
+from planner.strategy import FAPoolStrategy
 from planner.workload import Workload
 from planner.workloads import synthetic
 
