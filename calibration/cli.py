@@ -26,9 +26,10 @@ EPILOG = """examples:
 
 
 def default_profile_path() -> Path:
-    import platformdirs
+    """<user data dir>/fa-pool/profiles/local.yaml, beside the default store."""
+    from calibration.store import default_store_path
 
-    return Path(platformdirs.user_data_dir("fa-pool")) / "profiles" / "local.yaml"
+    return default_store_path().parent / "profiles" / "local.yaml"
 
 
 def register(subparsers) -> None:
@@ -95,9 +96,7 @@ def _resolve_backend(args):
     world = args.world_size
     if world is None:
         world = gpu_count if backend == "nccl" else 2
-    if world < 2:
-        raise InputError("--world-size", f"must be at least 2 (collectives need two "
-                         f"processes), got {world}")
+    _check_world(world)
     if backend == "nccl" and world > gpu_count:
         raise InputError("--world-size", f"{world} ranks with nccl need {world} GPUs; "
                          f"this machine has {gpu_count}")
@@ -109,11 +108,17 @@ def _resolve_backend(args):
     return backend, world, device, gpu_model, gpu_count
 
 
+def _check_world(world: int) -> None:
+    if world < 2:
+        raise InputError("--world-size", f"must be at least 2 (collectives need two "
+                         f"processes), got {world}")
+
+
 def _measure(args, out: Path) -> int:
     from calibration.store import Store, default_store_path
 
-    if args.world_size is not None and args.world_size < 1:  # before importing torch
-        raise InputError("--world-size", f"must be at least 2, got {args.world_size}")
+    if args.world_size is not None:  # before importing torch
+        _check_world(args.world_size)
     backend, world, device, gpu_model, gpu_count = _resolve_backend(args)
     store_path = Path(args.store) if args.store else default_store_path()
     store = Store(store_path)  # validates the file before any measuring
@@ -121,12 +126,13 @@ def _measure(args, out: Path) -> int:
     from calibration import microbench   # the only calibration module that imports torch
 
     sweep = microbench.sweep(args.quick, device)
-    threads = max(1, cpu_cores() // world)
+    cores = cpu_cores()
+    threads = max(1, cores // world)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     meta = {"quick": args.quick, "threads_per_process": threads, "device": device,
             "link": "loopback", "loadavg_1min_at_start": load}
-    if load is not None and load > 0.5 * cpu_cores():
-        print(f"warning: this machine is busy (load average {load:.1f} on {cpu_cores()} "
+    if load is not None and load > 0.5 * cores:
+        print(f"warning: this machine is busy (load average {load:.1f} on {cores} "
               "cores): timings will be slower and noisier than on an idle machine",
               file=sys.stderr)
     print(f"calibrating: backend {backend}, {world} processes, {threads} thread(s) each, "

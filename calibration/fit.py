@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import least_squares
 
 from calibration import curves
-from calibration.profile import Curve
+from calibration.errors import InputError
+from calibration.profile import Curve, Link, Profile
 
 MEASURED_SIGMA = 0.02
 TAG_SIGMA = {"M": 0.03, "D": 0.05, "C": 0.10, "S": 0.05}
@@ -50,6 +51,8 @@ STARTS = {
     "launch_s": ("T0.01", "T0.5"), "latency_s": ("T0.01", "T0.5"),
     "norm_factor": (1.0, 5.0), "activation_factor": (1.0, 5.0),
 }
+# Parameters in seconds: their natural scale is the smallest measured time, not 1.
+TIME_PARAMS = ("launch_s", "latency_s")
 
 
 @dataclass(frozen=True)
@@ -85,9 +88,8 @@ class Fixed:
 
 @dataclass(frozen=True)
 class FitResult:
-    curve: Curve
+    curve: Curve              # its sources end with the fit's notes (held parameters, ...)
     residuals: tuple          # (label, measured_s, predicted / measured - 1) per point
-    notes: tuple = field(default_factory=tuple)
 
 
 def predict(family: str, params: dict, point: Point, device: curves.Device | None = None,
@@ -146,13 +148,10 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
 
     for _attempt in range(len(names) + 1):
         free = [n for n in names if n not in fixed]
-        result = _solve(family, points, device, peak_bandwidth, names, free, fixed, times,
-                        sigma)
-        x, jac = result
+        x, jac = _solve(family, points, device, peak_bandwidth, free, fixed, times, sigma)
         # a free parameter with a (numerically) zero Jacobian column is unconstrained
         col = np.linalg.norm(jac, axis=0) if free else np.array([])
-        typical = [float(times.min()) if n in ("launch_s", "latency_s") else 1.0
-                   for n in free]
+        typical = [float(times.min()) if n in TIME_PARAMS else 1.0 for n in free]
         weak = [n for n, c, s in zip(free, col, typical) if c * s < 1e-6]
         # fractions stay free: the scan below finds the interval the points allow
         hold = [n for n in weak if n in priors or n not in curves.FRACTION_PARAMS]
@@ -172,8 +171,8 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
     if free:
         # columns scaled to each parameter's size first: launch_s (~1e-6) next to
         # half_tokens (~1e2) would otherwise make J^T J too ill-conditioned to invert
-        d = np.array([max(abs(v), float(times.min()) if n in ("launch_s", "latency_s")
-                          else 1.0) for n, v in zip(free, x)])
+        d = np.array([max(abs(v), float(times.min()) if n in TIME_PARAMS else 1.0)
+                      for n, v in zip(free, x)])
         js = jac * d
         cov_free = np.linalg.pinv(js.T @ js) * np.outer(d, d) * inflate
         idx = [names.index(n) for n in free]
@@ -184,8 +183,7 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
     if free:
         x = _widen_flat_directions(cov, names, free, x, float(times.min()), notes, lambda xs: _cost(
             family, points, device, peak_bandwidth, free, fixed, xs, sigma) / inflate)
-    params = {n: fixed[n].value for n in fixed}
-    params.update(dict(zip(free, (float(v) for v in x))))
+    params = _params(fixed, free, (float(v) for v in x))
     resid = _residuals(family, points, device, peak_bandwidth, params)
     if dof <= 0:
         notes.append(f"{len(points)} points for {len(free)} free parameters: an exact fit, so "
@@ -196,13 +194,19 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
                   cov=tuple(tuple(float(v) for v in row) for row in cov), rmse_rel=rmse,
                   points=len(points), sources=tuple(sources) + tuple(notes))
     residuals = tuple((label(p), p.time_s, float(e)) for p, e in zip(points, resid))
-    return FitResult(curve, residuals, tuple(notes))
+    return FitResult(curve, residuals)
+
+
+def _params(fixed: dict, free, x) -> dict:
+    """All parameters of a family: the held ones' values, then the free ones at x."""
+    params = {n: f.value for n, f in fixed.items()}
+    params.update(zip(free, x))
+    return params
 
 
 def _cost(family, points, device, peak_bandwidth, free, fixed, x, sigma) -> float:
     """Sum of squared weighted log residuals at free parameters x."""
-    params = {n: f.value for n, f in fixed.items()}
-    params.update(zip(free, x))
+    params = _params(fixed, free, x)
     r = np.log1p(_residuals(family, points, device, peak_bandwidth, params)) / sigma
     return float(r @ r)
 
@@ -224,7 +228,7 @@ def _widen_flat_directions(cov, names, free, x, tmin, notes, cost) -> np.ndarray
     for j, name in enumerate(free):
         i = names.index(name)
         std = math.sqrt(max(cov[i, i], 0.0))
-        scale = tmin if name in ("launch_s", "latency_s") else max(abs(x[j]), 1e-3)
+        scale = tmin if name in TIME_PARAMS else max(abs(x[j]), 1e-3)
         first = 2.0 * std if std > 0 else 0.1 * scale
         lo, hi = BOUNDS[name]
         reach = {}
@@ -262,13 +266,20 @@ def _widen_flat_directions(cov, names, free, x, tmin, notes, cost) -> np.ndarray
     return x
 
 
+def residual_table(fits: dict) -> dict:
+    """{name: [[label, measured_s (6 digits), predicted / measured - 1 (4 decimals)]]} of
+    FitResults, as profiles record them in provenance."""
+    return {name: [[lbl, float(f"{t:.6g}"), round(e, 4)] for lbl, t, e in fit.residuals]
+            for name, fit in fits.items()}
+
+
 def _residuals(family, points, device, peak_bandwidth, params) -> np.ndarray:
     """predicted / measured - 1 per point."""
     return np.array([predict(family, params, p, device, peak_bandwidth) / p.time_s - 1.0
                      for p in points])
 
 
-def _solve(family, points, device, peak_bandwidth, names, free, fixed, times, sigma):
+def _solve(family, points, device, peak_bandwidth, free, fixed, times, sigma):
     """Best (x, jacobian) over the start grid; the jacobian is of the weighted residuals."""
     if not free:
         return np.array([]), np.zeros((len(points), 0))
@@ -277,8 +288,7 @@ def _solve(family, points, device, peak_bandwidth, names, free, fixed, times, si
     upper = np.array([BOUNDS[n][1] for n in free])
 
     def residual(x):
-        params = {n: fixed[n].value for n in fixed}
-        params.update(zip(free, x))
+        params = _params(fixed, free, x)
         model = np.array([predict(family, params, p, device, peak_bandwidth) for p in points])
         return (np.log(np.maximum(model, 1e-300)) - log_t) / sigma
 
@@ -350,9 +360,6 @@ def measured_peaks(families: dict, links: dict) -> tuple[float, float, dict]:
 def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float,
               world_size: int, provenance: dict):
     """Fit a profile of this machine from store samples (one CPU process or GPU per rank)."""
-    from calibration.errors import InputError
-    from calibration.profile import Link, Profile
-
     families, links = points_from_samples(samples)
     for family in ("gemm", "attention", "memory"):
         if not families[family]:
@@ -377,8 +384,7 @@ def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float
                      "FLOP/s; hbm_bandwidth = best measured memory-op (copy/norm/activation) "
                      "bandwidth; link peak_bandwidth = best measured bus bandwidth of any "
                      f"collective; hbm_bytes = RAM / world size ({world_size})")
-    prov["residuals"] = {fam: [[lbl, float(f"{t:.6g}"), round(e, 4)]
-                               for lbl, t, e in fit.residuals] for fam, fit in fits.items()}
+    prov["residuals"] = residual_table(fits)
     return Profile(name=name, device=device, gemm=fits["gemm"].curve,
                    attention=fits["attention"].curve, memory=fits["memory"].curve,
                    links=link_objs, description=f"this machine: {world_size} local processes "

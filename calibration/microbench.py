@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from calibration.fingerprint import cpu_cores
 from calibration.store import COLLECTIVE_OPS
 
 MB = 1 << 20
@@ -273,7 +274,7 @@ def _collective_worker(rank, world, port, backend, sw, timeout_s, out_path):
     """One rank: time every (op, size); rank 0 writes the results to out_path as JSON."""
     import torch.distributed as dist
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    torch.set_num_threads(max(1, cpu_cores() // world))  # as the compute points (cli)
     device = f"cuda:{rank}" if backend == "nccl" else "cpu"
     if backend == "nccl":
         torch.cuda.set_device(rank)

@@ -256,8 +256,13 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
 def save_profile(profile: Profile, path: str | Path) -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a profile."""
+    write_yaml_atomic(path, yaml.safe_dump(profile.to_dict(), sort_keys=False))
+
+
+def write_yaml_atomic(path: str | Path, text: str) -> None:
+    """Write text to path through a temp file + rename (parents created)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(profile.to_dict(), sort_keys=False))
+    tmp.write_text(text)
     tmp.replace(path)

@@ -35,8 +35,8 @@ from pathlib import Path
 import yaml
 
 from calibration import curves
-from calibration.fit import TAG_SIGMA, Fixed, FitResult, Point, fit_curve
-from calibration.profile import DATA_DIR, Link, Profile
+from calibration.fit import TAG_SIGMA, Fixed, FitResult, Point, fit_curve, residual_table
+from calibration.profile import DATA_DIR, Link, Profile, write_yaml_atomic
 
 MACHINES = {
     "dgx-a100": ("a100", "A100 80GB SXM, NVLink 3, 8x HDR InfiniBand per node (the paper's "
@@ -51,6 +51,14 @@ def read_rows(prefix: str, family: str, data_dir: Path = DATA_DIR) -> list[dict]
     """Rows of <prefix>_<family>.csv that are in use (use column absent or 'yes')."""
     with open(data_dir / f"{prefix}_{family}.csv", newline="") as fh:
         return [r for r in csv.DictReader(fh) if r.get("use", "yes") == "yes"]
+
+
+def read_peaks(prefix: str, data_dir: Path = DATA_DIR) -> tuple[curves.Device, dict]:
+    """The machine's device (datasheet peaks) and its <prefix>_peaks.csv as {item: value}."""
+    peaks = {r["item"]: r["value"] for r in read_rows(prefix, "peaks", data_dir)}
+    device = curves.Device(peaks["device_name"], float(peaks["peak_flops"]),
+                           float(peaks["hbm_bytes"]), float(peaks["hbm_bandwidth"]))
+    return device, peaks
 
 
 def _point(family: str, shape: dict, time_s: float, row: dict) -> Point:
@@ -126,12 +134,12 @@ def _held(curve, name: str, reason: str) -> Fixed:
 
 
 def fit_machine(profile_name: str, data_dir: Path = DATA_DIR,
-                a100_attention=None, a100_ib=None) -> tuple[Profile, dict]:
-    """Fit every family of one reference machine; returns (profile, residuals per family)."""
+                a100_attention: FitResult | None = None, a100_ib=None) -> Profile:
+    """Fit every family of one reference machine (its residuals go into the provenance).
+    a100_attention (head_dim_fit) and a100_ib (the A100 IB curve) are fitted here unless
+    given."""
     prefix, description = MACHINES[profile_name]
-    peaks = {r["item"]: r["value"] for r in read_rows(prefix, "peaks", data_dir)}
-    device = curves.Device(peaks["device_name"], float(peaks["peak_flops"]),
-                           float(peaks["hbm_bytes"]), float(peaks["hbm_bandwidth"]))
+    device, peaks = read_peaks(prefix, data_dir)
     fits: dict[str, FitResult] = {}
 
     pts = memory_points(read_rows(prefix, "memory", data_dir))
@@ -156,12 +164,13 @@ def fit_machine(profile_name: str, data_dir: Path = DATA_DIR,
     fits["attention"] = fit_curve("attention", pts, device, fixed=held, sources=_sources(pts))
 
     links = {}
+    coll_rows = read_rows(prefix, "collectives", data_dir)
     for name in ("nvlink", "ib"):
         peak = float(peaks[f"link:{name}"])
-        pts = link_points(read_rows(prefix, "collectives", data_dir), name)
+        pts = link_points(coll_rows, name)
         fixed = {}
         if profile_name == "dgx-h100" and name == "ib":  # bandwidth figures only
-            ref = a100_ib or fit_machine("dgx-a100", data_dir)[0].links["ib"].curve
+            ref = a100_ib or fit_machine("dgx-a100", data_dir).links["ib"].curve
             fixed["latency_s"] = _held(ref, "latency_s", "no H100 cross-node latency "
                                        "figure: the A100 IB fit's (same NCCL path)")
         fit = fit_curve("link", pts, peak_bandwidth=peak, fixed=fixed,
@@ -169,8 +178,6 @@ def fit_machine(profile_name: str, data_dir: Path = DATA_DIR,
         fits[name] = fit
         links[name] = Link(name, peak, fit.curve)
 
-    residuals = {fam: [[lbl, float(f"{t:.6g}"), round(e, 4)] for lbl, t, e in fit.residuals]
-                 for fam, fit in fits.items()}
     provenance = {
         "method": "calibration.fit: weighted least squares in log time, covariance from the "
                   "Jacobian (python -m calibration.reference)",
@@ -180,20 +187,17 @@ def fit_machine(profile_name: str, data_dir: Path = DATA_DIR,
                                                       "calibration/data/a100_collectives.csv"]),
         "reference": "../shared/reference/hardware.md",
         "peaks": "datasheet (S), calibration/data/" + prefix + "_peaks.csv",
-        "residuals": residuals,
+        "residuals": residual_table(fits),
     }
-    profile = Profile(name=profile_name, device=device, gemm=fits["gemm"].curve,
+    return Profile(name=profile_name, device=device, gemm=fits["gemm"].curve,
                       attention=fits["attention"].curve, memory=fits["memory"].curve,
                       links=links, description=description, provenance=provenance)
-    return profile, residuals
 
 
 def head_dim_fit(data_dir: Path = DATA_DIR) -> FitResult:
     """half_head_dim from the A100 FA2 fwd+bwd chart rows (d = 64 and 128); the other
     parameters of this fit describe fwd+bwd and are not used."""
-    peaks = {r["item"]: r["value"] for r in read_rows("a100", "peaks", data_dir)}
-    device = curves.Device(peaks["device_name"], float(peaks["peak_flops"]),
-                           float(peaks["hbm_bytes"]), float(peaks["hbm_bandwidth"]))
+    device, _ = read_peaks("a100", data_dir)
     pts = attention_points(read_rows("a100", "attention", data_dir), ("fwd_bwd",), "FA2")
     fixed = {"read_efficiency": Fixed(0.8, 0.0, "irrelevant to long sequences"),
              "launch_s": Fixed(0.0, 0.0, "irrelevant to long sequences")}
@@ -201,20 +205,18 @@ def head_dim_fit(data_dir: Path = DATA_DIR) -> FitResult:
 
 
 def build_all(data_dir: Path = DATA_DIR) -> dict[str, Profile]:
-    a100, _ = fit_machine("dgx-a100", data_dir)
-    h100, _ = fit_machine("dgx-h100", data_dir, a100_ib=a100.links["ib"].curve)
+    head_dim = head_dim_fit(data_dir)  # shared by both machines: fitted once
+    a100 = fit_machine("dgx-a100", data_dir, a100_attention=head_dim)
+    h100 = fit_machine("dgx-h100", data_dir, a100_attention=head_dim,
+                       a100_ib=a100.links["ib"].curve)
     return {"dgx-a100": a100, "dgx-h100": h100}
 
 
 def write_profile(profile: Profile, path: Path, header: str = "") -> None:
     """Atomic write (temp file + rename); lists of numbers in flow style for readability.
     The content is what Profile.to_dict gives, so load_profile reads it back."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(header + yaml.safe_dump(profile.to_dict(), sort_keys=False, width=100,
-                                           default_flow_style=None))
-    tmp.replace(path)
+    write_yaml_atomic(path, header + yaml.safe_dump(profile.to_dict(), sort_keys=False,
+                                                   width=100, default_flow_style=None))
 
 
 def main(argv=None) -> int:

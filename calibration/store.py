@@ -34,6 +34,7 @@ import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
+from calibration.curves import MEMORY_KINDS
 from calibration.errors import InputError
 from calibration.fingerprint import fingerprint as machine_fingerprint
 
@@ -52,7 +53,6 @@ REQUIRED_PARAMS = {
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "broadcast", "gather", "send_recv")
 for _op in COLLECTIVE_OPS:
     REQUIRED_PARAMS[_op] = ("bytes", "ranks", "link")
-MEMORY_KINDS = ("norm", "activation", "copy")
 
 _TABLES = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
