@@ -19,6 +19,10 @@ A profile is a YAML file (schema 1)::
         peak_bandwidth: 300.0e9   # bytes/s per GPU, one direction (datasheet)
         params: {latency_s: 1.1e-5, efficiency: 0.77}
         std, cov, rmse_rel, points, sources: as above
+    host:                         # optional; absent = 0
+      op_overhead_s: 6.0e-5       # host time per op on the rank that issues it
+      std: 1.0e-5
+      sources: ["planner.validate: fitted to executor step times"]
     provenance: {...}             # free-form: runs, files, tool versions
 
 Loading validates everything and raises InputError naming the field.  ``sample`` draws a
@@ -127,6 +131,36 @@ class Curve:
 
 
 @dataclass(frozen=True)
+class Host:
+    """Host (framework) time per op, spent on the rank that issues the op, serially with
+    its work: Python and eager-mode dispatch, argument packing, posting a send.  0 where
+    the host runs ahead of an asynchronous device queue (GPU kernel launches overlap the
+    kernels; the reference profiles); on a CPU it is measured (planner.validate)."""
+
+    op_overhead_s: float = 0.0
+    std: float = 0.0
+    sources: tuple = ()
+
+    def __post_init__(self):
+        for name in ("op_overhead_s", "std"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                    f"profile.host.{name}", f"must be a finite number >= 0, got {value!r}")
+
+    def sample(self, rng: np.random.Generator) -> "Host":
+        if not self.std:
+            return self
+        return replace(self, op_overhead_s=max(0.0, self.op_overhead_s
+                                               + self.std * float(rng.standard_normal())))
+
+    def to_dict(self) -> dict:
+        out = {"op_overhead_s": float(self.op_overhead_s), "std": float(self.std)}
+        if self.sources:
+            out["sources"] = list(self.sources)
+        return out
+
+
+@dataclass(frozen=True)
 class Link:
     """An interconnect: datasheet peak (bytes/s per GPU or NIC, one direction) + fit."""
 
@@ -155,6 +189,7 @@ class Profile:
     links: dict                      # name -> Link
     description: str = ""
     provenance: dict = field(default_factory=dict)
+    host: Host = Host()
 
     def link(self, name: str) -> Link:
         if name not in self.links:
@@ -166,12 +201,13 @@ class Profile:
         """A profile whose fitted parameters are one draw from their uncertainty."""
         links = {n: replace(l, curve=l.curve.sample(rng)) for n, l in self.links.items()}
         return replace(self, gemm=self.gemm.sample(rng), attention=self.attention.sample(rng),
-                       memory=self.memory.sample(rng), links=links)
+                       memory=self.memory.sample(rng), links=links,
+                       host=self.host.sample(rng))
 
     @property
     def has_uncertainty(self) -> bool:
         parts = [self.gemm, self.attention, self.memory] + [l.curve for l in self.links.values()]
-        return any(c.cov is not None or c.std for c in parts)
+        return any(c.cov is not None or c.std for c in parts) or self.host.std > 0
 
     # ------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
@@ -185,6 +221,7 @@ class Profile:
             "curves": {c.family: c.to_dict() for c in (self.gemm, self.attention, self.memory)},
             "links": {n: {"peak_bandwidth": float(l.peak_bandwidth), **l.curve.to_dict()}
                       for n, l in self.links.items()},
+            **({"host": self.host.to_dict()} if self.host != Host() else {}),
             "provenance": self.provenance,
         }
 
@@ -217,9 +254,15 @@ class Profile:
             peak = positive_float(body.get("peak_bandwidth"),
                                   f"profile.links.{name}.peak_bandwidth")
             links[name] = Link(name, peak, _curve("link", body, f"profile.links.{name}"))
+        host_raw = raw.get("host") or {}
+        require(isinstance(host_raw, dict), "profile.host", "not a mapping")
+        unknown = set(host_raw) - {"op_overhead_s", "std", "sources"}
+        require(not unknown, "profile.host", f"unknown keys {sorted(unknown)}")
+        host = Host(host_raw.get("op_overhead_s", 0.0), host_raw.get("std", 0.0),
+                    tuple(host_raw.get("sources", ())))
         return cls(name=raw["name"], device=device, links=links,
                    description=str(raw.get("description", "")),
-                   provenance=raw.get("provenance") or {}, **parsed)
+                   provenance=raw.get("provenance") or {}, host=host, **parsed)
 
 
 def _curve(family: str, body: dict, where: str) -> Curve:

@@ -16,6 +16,7 @@ from planner.cli.options import (Formatter, add_cluster_options, add_model_optio
 
 EPILOG = """examples:
   fapool run --plan plan.json --verify
+  fapool run --plan a.json --plan b.json --json   # one process group, a list of results
   fapool run --model tiny --strategy fapool --tp 1 --pool-gpus 3 --seq-len 61 --verify
   fapool run --strategy static --tp 2 --pp 2 --json --no-store
 fault injection (tests): FAPOOL_FAULT=raise:R | exit:R | hang:R makes rank R fail
@@ -41,7 +42,9 @@ def register(subparsers) -> None:
                     "defaults here make a tiny local run (listed below); --microbatches "
                     "unset means 1.",
         epilog=EPILOG, formatter_class=Formatter)
-    p.add_argument("--plan", default=None, help="plan.json from `fapool plan` / simulate")
+    p.add_argument("--plan", action="append", default=None,
+                   help="plan.json from `fapool plan` / simulate; repeat to run several plans "
+                        "of one world size in one process group, one after the other")
     p.add_argument("--nproc", type=int, default=None,
                    help="local processes; must equal the plan's world size (default: it)")
     p.add_argument("--steps", type=int, default=3, help="timed requests (default 3)")
@@ -97,11 +100,13 @@ def _handler(args) -> int:
         raise InputError("--steps", f"must be >= 1, got {args.steps}")
     if args.warmup < 0:
         raise InputError("--warmup", f"must be >= 0, got {args.warmup}")
-    plan = load_plan(args.plan) if args.plan else _plan_from_flags(args)
-    nproc = plan.world_size if args.nproc is None else args.nproc
-    if nproc != plan.world_size:
-        raise InputError("--nproc", f"{nproc} != the plan's world size {plan.world_size} "
-                         f"({plan.strategy.describe()})")
+    plans = [load_plan(p) for p in args.plan] if args.plan else [_plan_from_flags(args)]
+    nproc = plans[0].world_size if args.nproc is None else args.nproc
+    for path, plan in zip(args.plan or ["(flags)"], plans):
+        if nproc != plan.world_size:
+            raise InputError("--nproc" if args.nproc is not None else "--plan",
+                             f"{path}: world size {plan.world_size} "
+                             f"({plan.strategy.describe()}) != {nproc} ranks")
     store_path = None
     if not args.no_store:
         from calibration.store import Store, default_store_path
@@ -110,24 +115,29 @@ def _handler(args) -> int:
     from executor.launch import launch
     from executor.report import table
 
-    timeout = args.timeout or plan.executor.timeout_s
+    timeout = args.timeout or sum(p.executor.timeout_s for p in plans)
     with tempfile.TemporaryDirectory(prefix="fapool-plan-") as tmp:
-        path = Path(tmp) / "plan.json"
-        save_plan(plan, path)
+        paths = [Path(tmp) / f"plan_{i}.json" for i in range(len(plans))]
+        for plan, path in zip(plans, paths):
+            save_plan(plan, path)
         extra = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
         extra += ["--verify"] if args.verify else []
         extra += ["--balanced"] if args.balanced else []
         extra += ["--store", str(store_path)] if store_path else []
-        res = launch([path], nproc, timeout, extra)
+        res = launch(paths, nproc, timeout, extra)
     if not res.ok:
         sys.stderr.write(f"fapool run: error: {res.error}\n")
         return 1
-    summ = res.results[0]
-    print(json.dumps(summ, indent=1) if args.json else table(summ))
-    v = summ.get("verify")
-    if v and not v["passed"]:
-        worst = max([v["max_abs_err_logits"]] + v["max_abs_err_attn"])
-        sys.stderr.write(f"fapool run: error: verify failed: largest error {worst:.3e} > "
-                         f"tolerance {v['tolerance']:.1e}\n")
-        return 1
+    summaries = res.results
+    if args.json:
+        print(json.dumps(summaries[0] if len(summaries) == 1 else summaries, indent=1))
+    else:
+        print("\n\n".join(table(s) for s in summaries))
+    for summ in summaries:
+        v = summ.get("verify")
+        if v and not v["passed"]:
+            worst = max([v["max_abs_err_logits"]] + v["max_abs_err_attn"])
+            sys.stderr.write(f"fapool run: error: verify failed ({summ['strategy']}): "
+                             f"largest error {worst:.3e} > tolerance {v['tolerance']:.1e}\n")
+            return 1
     return 0

@@ -4,7 +4,9 @@ over TP ranks) or on the pool at or above it (executor.pool), and the pool ranks
 
 Overlap (paper 1.4): with >= 2 micro-batches the root posts every micro-batch's attention
 to the pool (isend / async broadcast / irecv) before waiting for the first, so the pool's
-attention of micro-batch j+1 runs while the base computes the FFN of micro-batch j.
+attention of micro-batch j+1 runs while the base computes the FFN of micro-batch j; and it
+submits micro-batch j's next layer as soon as j's FFN is done (BaseRank.step), which is the
+per-micro-batch flow planner.sim.fapool simulates.
 """
 
 from __future__ import annotations
@@ -14,9 +16,18 @@ import torch.distributed as dist
 
 from executor import attention
 from executor.model import embed, lm_head
-from executor.parallel import assemble_kv, ffn_block, out_proj, qkv, shard_layer, tp_shard
+from executor.parallel import (assemble_kv, ffn_block, out_proj, qkv, residual, shard_layer,
+                               tp_shard)
 from executor.pool import KVCache, PoolClient, PoolWorker
 from executor.runtime import Runtime
+
+
+def embed_timed(tokens: torch.Tensor, weights, rt: Runtime) -> torch.Tensor:
+    """Embedding lookup (b, s) -> (b, s, hidden), timed as a memory op (rows read, written:
+    planner.sim.ops.embedding_op)."""
+    with rt.timer.op("memory", bytes=2 * tokens.numel() * rt.spec.hidden * rt.dtype.itemsize,
+                     kind="copy"):
+        return embed(tokens, weights)
 
 
 class TPRank:
@@ -53,7 +64,8 @@ class TPRank:
         lw = self.lw[layer]
         y = out_proj(o, lw, self.group, self.tp, self.rt.timer, self.link)
         self.rt.keep(("attn", layer, step), y)
-        return ffn_block(x + y, lw, self.rt.spec, self.group, self.tp, self.rt.timer, self.link)
+        return ffn_block(residual(x, y, self.rt.timer), lw, self.rt.spec, self.group, self.tp,
+                         self.rt.timer, self.link)
 
     def layer_local(self, layer: int, j: int, x, step: int):
         q, k, v = qkv(x, self.lw[layer], self.rt.spec, self.rt.timer)
@@ -122,11 +134,18 @@ class BaseRank(TPRank):
         next token of every sequence, (b,)."""
         rt = self.rt
         spec = rt.spec
-        xs = [embed(tokens[r.start:r.stop], self.weights) for r in rt.mb_rows]
+        xs = [embed_timed(tokens[r.start:r.stop], self.weights, rt) for r in rt.mb_rows]
+        # Software pipeline over micro-batches: as soon as micro-batch j's FFN of layer L is
+        # done, its attention of layer L+1 is submitted, before micro-batch j+1's FFN of
+        # layer L, so the pool is not left idle until the whole layer is done.  The pool
+        # serves requests in (layer, micro-batch) order, which this order keeps.
+        last = self.layers[-1]
+        waits = [self._submit(self.layers[0], j, x, step) for j, x in enumerate(xs)]
         for layer in self.layers:
-            waits = [self._submit(layer, j, x, step) for j, x in enumerate(xs)]
             for j, x in enumerate(xs):
                 xs[j] = self.post_attention(layer, j, x, self._finish(waits[j], x), step)
+                if layer != last:
+                    waits[j] = self._submit(layer + 1, j, xs[j], step)
         x = rt.head_input(torch.cat(xs))                            # (b, s or 1, hidden)
         with rt.timer.op("lm_head", tokens=x.shape[0] * x.shape[1], hidden=spec.hidden,
                          vocab=spec.vocab):

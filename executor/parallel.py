@@ -93,9 +93,16 @@ def ffn_block(x: torch.Tensor, lw: LayerWeights, spec: ModelSpec, group, size: i
               link: str) -> torch.Tensor:
     """x + FFN(Norm2(x)) with the FFN split over the TP group."""
     b, s, _ = x.shape
-    h = norm(x, lw.norm2, spec.norm)
+    with timer.op("memory", bytes=2 * x.numel() * x.element_size(), kind="norm"):
+        h = norm(x, lw.norm2, spec.norm)
     # Up (+gate) and down GEMMs timed together: op "ffn" (free parameters in the store).
     with timer.op("ffn", tokens=b * s, hidden=spec.hidden, ffn_shard=lw.w_up.shape[1],
                   activation=spec.activation, dtype_bytes=x.element_size()):
         y = ffn_partial(h, lw.w_up, lw.w_gate, lw.w_down, spec.activation)
-    return x + all_reduce(y, group, size, timer, link)
+    return residual(x, all_reduce(y, group, size, timer, link), timer)
+
+
+def residual(x: torch.Tensor, y: torch.Tensor, timer) -> torch.Tensor:
+    """x + y, timed as a memory op (reads both, writes one: planner.sim.ops.residual_op)."""
+    with timer.op("memory", bytes=3 * x.numel() * x.element_size(), kind="copy"):
+        return x + y

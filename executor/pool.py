@@ -173,12 +173,14 @@ class PoolClient(PoolPlanBits):
         """q (b, s, H, d), k/v (b, s, KV, d) -> callable returning out (b, s, H, d)."""
         rt, tm = self.rt, self.rt.timer
         tag = rt.tag(0, layer, j, Q_SEND)
-        sends = []
-        for p, segs in enumerate(self.segments):
-            if self.q_extent(p):
-                blk = torch.cat([q[:, a:e] for a, e in segs], dim=1).contiguous()
-                sends.append((dist.isend(blk, dst=self.members[1 + p], tag=tag), blk))
-        kv = torch.stack([k, v]).contiguous()                        # (2, b, s, KV, d)
+        # pack: each pool rank's Q block (b, ext, H, d) and K/V (2, b, s, KV, d) contiguous
+        with tm.op("memory", kind="copy",
+                   bytes=2 * (q.numel() + 2 * k.numel()) * q.element_size()):
+            blocks = {p: torch.cat([q[:, a:e] for a, e in segs], dim=1).contiguous()
+                      for p, segs in enumerate(self.segments) if self.q_extent(p)}
+            kv = torch.stack([k, v]).contiguous()
+        sends = [(dist.isend(blk, dst=self.members[1 + p], tag=tag), blk)
+                 for p, blk in blocks.items()]
         with tm.op("broadcast_post", comm=True):      # async: issue only, waited later
             bcast = dist.broadcast(kv, src=self.members[0], group=self.group, async_op=True)
         gather = self.prefill_gather(layer, j, q.shape[0])
@@ -191,12 +193,14 @@ class PoolClient(PoolPlanBits):
             with tm.op("wait_broadcast", comm=True):
                 bcast.wait()
             blocks = gather.finish(posted)                            # (b, sum ext, H, d)
-            out = torch.empty_like(q)
-            off = 0
-            for segs in self.segments:
-                for a, e in segs:
-                    out[:, a:e] = blocks[:, off:off + e - a]
-                    off += e - a
+            # unpack: the blocks back in sequence order
+            with tm.op("memory", kind="copy", bytes=2 * q.numel() * q.element_size()):
+                out = torch.empty_like(q)
+                off = 0
+                for segs in self.segments:
+                    for a, e in segs:
+                        out[:, a:e] = blocks[:, off:off + e - a]
+                        off += e - a
             return out
         return wait
 
@@ -204,7 +208,9 @@ class PoolClient(PoolPlanBits):
         """q (b, 1, H, d), k/v (b, 1, KV, d) -> callable returning out (b, 1, H, d)."""
         rt, tm = self.rt, self.rt.timer
         b = q.shape[0]
-        packed = torch.cat([q, k, v], dim=2).contiguous()          # (b, 1, H + 2 KV, d)
+        with tm.op("memory", kind="copy",
+                   bytes=2 * (q.numel() + 2 * k.numel()) * q.element_size()):
+            packed = torch.cat([q, k, v], dim=2).contiguous()      # (b, 1, H + 2 KV, d)
         sends, bcast = [], None
         rows = self.rows(j)
         if self.kv_mode == "split-batch":

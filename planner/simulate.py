@@ -59,7 +59,8 @@ def _run_phase(program, units, phase: str, sizes: list, q_len: int, kv_len: int,
     micro-batches with q_len new tokens against kv_len keys."""
     env = simpy.Environment()
     machine = Machine(env, units, phase, record,
-                      cores_per_node=program.layout.cluster.cores_per_node)
+                      cores_per_node=program.layout.cluster.cores_per_node,
+                      host_s=program.cm.profile.host.op_overhead_s)
     done = []
     for mb, seqs in enumerate(sizes):
         env.process(program.microbatch(machine, mb, seqs, q_len, kv_len, done))

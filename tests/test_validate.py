@@ -52,8 +52,8 @@ def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_pat
     configs = V.default_configs(quick=True)
     fitted_without = []
 
-    def fake_run(path, store, **kw):            # run id = config index + 1
-        return {"store_run_id": int(path.stem.split("_")[1]) + 1}
+    def fake_run(paths, store, **kw):           # run id = config index + 1
+        return [{"store_run_id": int(p.stem.split("_")[1]) + 1} for p in paths]
 
     def fake_refit(store, run_ids, base, name="x"):
         fitted_without.append(set(range(1, len(configs) + 1)) - set(run_ids))

@@ -60,6 +60,7 @@ class Machine:
     resources: dict = field(default_factory=dict)
     cores_per_node: int = 0      # >0: compute ops of a node share this many CPU cores
     cores: dict = field(default_factory=dict)    # node -> simpy.Container of free cores
+    host_s: float = 0.0          # host time per op on its issuing unit (profile.host)
 
     def __post_init__(self):
         if self.cores_per_node:
@@ -81,13 +82,18 @@ class Machine:
             names += [f"nic:{n}" for n in nodes]
         return names
 
-    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1):
+    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1, blocking=()):
         """Process: hold the op's resources for op.seconds (compute: the units' streams;
-        comm: their links).  Queued requests are served earliest micro-batch first."""
+        comm: their links, plus the streams of the `blocking` units, which sit in a
+        blocking send / receive for the whole transfer).  Queued requests are served
+        earliest micro-batch first."""
         if op.seconds <= 0:
             return
         unit_names = tuple(unit_names)
-        held = (unit_names if op.kind == "compute" else self.link_resources(unit_names))
+        if self.host_s > 0 and op.kind == "comm":   # the issuer posts it (compute: below)
+            yield from self._host(unit_names[0], mb)
+        held = (unit_names if op.kind == "compute"
+                else self.link_resources(unit_names) + list(blocking))
         requests = []
         for name in sorted(held):
             req = self.resources[name].request(priority=mb)
@@ -97,12 +103,19 @@ class Machine:
         for node, count in cores.items():    # one core per rank, atomically per node
             yield self.cores[node].get(count)
         start = self.env.now
-        yield self.env.timeout(op.seconds)
+        yield self.env.timeout(op.seconds + (self.host_s if op.kind == "compute" else 0.0))
         for node, count in cores.items():
             yield self.cores[node].put(count)
         for name, req in requests:
             self.resources[name].release(req)
         self._account(op, unit_names, start, mb, layer)
+
+    def _host(self, unit: str, mb: int):
+        """Process: the issuing unit's host time for posting a transfer (its stream held)."""
+        with self.resources[unit].request(priority=mb) as req:
+            yield req
+            yield self.env.timeout(self.host_s)
+        self.busy[unit] = self.busy.get(unit, 0.0) + self.host_s
 
     def _cores(self, unit_names) -> dict:
         """node -> cores a compute op on these units occupies (one per rank)."""
@@ -114,18 +127,18 @@ class Machine:
                 need[node] = need.get(node, 0) + per_node
         return {n: min(c, self.cores_per_node) for n, c in sorted(need.items())}
 
-    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1):
+    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1, blocking=()):
         """Process: ops one after the other on the same units."""
         for op in ops:
-            yield from self.run(op, unit_names, mb, layer)
+            yield from self.run(op, unit_names, mb, layer, blocking)
 
     def _account(self, op: OpCost, unit_names: tuple, start: float, mb: int, layer: int):
         self.op_time += op.seconds
         if op.kind == "comm":
             self.comm_time += op.seconds
         else:
-            for u in unit_names:
-                self.busy[u] = self.busy.get(u, 0.0) + op.seconds
+            for u in unit_names:   # the op and its host time (Machine.host_s)
+                self.busy[u] = self.busy.get(u, 0.0) + self.env.now - start
         if self.record:
             self.events.append(Event(op.name, op.kind, unit_names, start, self.env.now, mb,
                                      layer, self.phase))

@@ -71,6 +71,10 @@ class FAPoolProgram:
         everyone = self.base + self.pool_ranks
         kv = seqs * seq * 2 * m.kv_width * d
         q = seqs * seq * m.q_width * d
+        # the base packs each pool GPU's Q block and K/V into contiguous send buffers, and
+        # writes the gathered blocks back in sequence order (read + write each)
+        pack = (cm.memory_op("pack_qkv", 2 * (q + kv), "copy"),)
+        unpack = (cm.memory_op("unpack_attention", 2 * q, "copy"),)
         send = (cm.collective("kv_broadcast", "broadcast", kv, everyone),
                 cm.collective("q_scatter", "scatter", q, everyone))
         attn = [cm.sum_ops("pool_attention", (
@@ -78,13 +82,14 @@ class FAPoolProgram:
                          m.head_dim, causal=True) for start, end in blocks if end > start))
             for blocks in query_blocks(seq, self.pool, self.strategy.balanced)]
         back = (cm.collective("tree_gather", "gather", q, everyone),)
-        return send, attn, back
+        return pack, send, attn, back, unpack
 
     def _pool_decode(self, seqs: int, context: int):
         m, cm, d = self.model, self.cm, self.model.dtype_bytes
         everyone = self.base + self.pool_ranks
         q = seqs * m.q_width * d
         kv_new = seqs * 2 * m.kv_width * d
+        pack = (cm.memory_op("pack_qkv", 2 * (q + kv_new), "copy"),)   # new token's q/k/v
         if self.strategy.decode_kv == "split-seq":
             send = (cm.collective("q_broadcast", "broadcast", q, everyone),
                     cm.collective("kv_append", "scatter", kv_new, everyone))
@@ -99,7 +104,7 @@ class FAPoolProgram:
             attn = [cm.attention("pool_attention", n, 1, context, m.heads, m.kv_heads,
                                  m.head_dim, causal=False) for n in deal(seqs, self.pool)]
             back = (cm.collective("tree_gather", "gather", q, everyone),)
-        return send, attn, back
+        return pack, send, attn, back, ()
 
     def _build(self, seqs: int, q_len: int, kv_len: int):
         m, cm = self.model, self.cm
@@ -118,8 +123,8 @@ class FAPoolProgram:
         env = machine.env
         pool_units = [f"pool{i}" for i in range(self.pool)]
 
-        def run(ops, units, layer=-1):
-            return machine.run_sequence(ops, units, mb, layer)
+        def run(ops, units, layer=-1, blocking=()):
+            return machine.run_sequence(ops, units, mb, layer, blocking)
 
         yield from run(embed, ["base"])
         for index in range(self.model.layers):
@@ -127,11 +132,15 @@ class FAPoolProgram:
             if pool is None:
                 yield from run((layer.attention,), ["base"], index)
             else:
-                send, attn, back = pool
-                yield from run(send, ["base"] + pool_units, index)
+                pack, send, attn, back, unpack = pool
+                yield from run(pack, ["base"], index)
+                # A pool GPU's receive, attention and send run one after the other on it
+                # (blocking p2p, as executor.pool does), so transfers hold its stream too.
+                yield from run(send, ["base"] + pool_units, index, pool_units)
                 yield env.all_of([env.process(run((op,), [u], index))
                                   for op, u in zip(attn, pool_units)])
-                yield from run(back, ["base"] + pool_units, index)
+                yield from run(back, ["base"] + pool_units, index, pool_units)
+                yield from run(unpack, ["base"], index)
             yield from run(layer.post_attention, ["base"], index)
         yield from run(head, ["base"])
         done.append(env.now)

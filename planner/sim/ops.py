@@ -18,7 +18,8 @@ from planner.model import ModelSpec
 class LayerOps:
     pre_attention: tuple      # norm, QKV projection            (TP group compute)
     attention: OpCost         # attention on the TP group, heads / tp per rank
-    post_attention: tuple     # out proj, all-reduce, norm, FFN up, act, FFN down, all-reduce
+    post_attention: tuple     # out proj, all-reduce, residual add, norm, FFN up, act,
+                              # FFN down, all-reduce, residual add
 
 
 def layer_ops(cm: CostModel, model: ModelSpec, tp: int, ranks: tuple, seqs: int, q_len: int,
@@ -45,13 +46,21 @@ def layer_ops(cm: CostModel, model: ModelSpec, tp: int, ranks: tuple, seqs: int,
     post = (
         cm.gemm("out_proj", tokens, model.q_width // tp, h),
         cm.collective("all_reduce_attn", "all_reduce", act_bytes, ranks),
+        residual_op(cm, "residual_attn", act_bytes),
         cm.memory_op("norm2", 2 * act_bytes, "norm"),
         cm.gemm("ffn_up", tokens, h, ffn_in),
         cm.memory_op("activation", act_reads * tokens * ffn * d, "activation"),
         cm.gemm("ffn_down", tokens, ffn, h),
         cm.collective("all_reduce_ffn", "all_reduce", act_bytes, ranks),
+        residual_op(cm, "residual_ffn", act_bytes),
     )
     return LayerOps(pre, attention, post)
+
+
+def residual_op(cm: CostModel, name: str, act_bytes: float) -> OpCost:
+    """x + y of two (tokens, hidden) activations: reads both, writes one (3 x act bytes),
+    an elementwise op moving bytes like a copy (pre-norm residual, nanoGPT Block)."""
+    return cm.memory_op(name, 3 * act_bytes, "copy")
 
 
 def embedding_op(cm: CostModel, model: ModelSpec, tp: int, ranks: tuple, tokens: int) -> tuple:
