@@ -8,20 +8,25 @@ Every configuration sets its micro-batch count, so planner and executor cut the 
 Measured value: the MEASURE_QUANTILE-th percentile of the executor's per-step times (its
 e2e_prefill / e2e_decode samples in the store), not the median: on a shared CPU the slow
 steps are other processes taking the cores (Python's timeit documentation makes the same
-argument for its minimum).  Every configuration runs `repeats` times, in passes of
-alternating order, and keeps its lowest value; the median is reported next to it.
+argument for its minimum).  Each pass runs every configuration (STEPS timed steps) in one
+process group, in alternating order from pass to pass; a configuration keeps its lowest
+value over the passes, the median is reported next to it.
 
 Refit, evaluated leave-one-out: for each configuration c, using only the other ones,
-  1. the profile is refitted (calibration.fit.fit_local) from this machine's microbenchmark
-     samples in the store, if any, plus the operator samples the executor timed while
-     running the other configurations (their per-step quantile, as above);
-  2. an end-to-end correction per phase and family (strategy kind and rank count) absorbs
-     what the simulator leaves out (Python dispatch between ops, timers): measured =
-     b * predicted (refitted profile), b the geometric mean of measured / predicted over the
-     other configurations of that family.  One factor, not an affine fit: with three or
-     four noisy points per family an intercept and a slope extrapolate wildly to the
-     held-out end of the length range (seen here: 2.4x at seq 1024);
-then c is predicted with both.  So no "after" figure uses c's own measurements.
+  1. the profile's curves are refitted (calibration.fit.fit_local) from this machine's
+     microbenchmark samples in the store, if any, plus the operator samples the executor
+     timed while running the other configurations (one point per shape, as above);
+  2. the profile's host time per op (calibration.profile.Host: Python and dispatch between
+     ops, which no microbenchmark sees) is fitted through the simulator to the other
+     configurations' measured TTFT and TPOT, one value for both strategies
+     (planner.hostfit);
+  3. an end-to-end correction per phase and family (strategy kind and rank count) absorbs
+     what is still left out: measured = b * predicted, b the geometric mean of
+     measured / predicted over the other configurations of that family.  One factor, not
+     an affine fit: with three or four noisy points per family an intercept and a slope
+     extrapolate wildly to the held-out end of the length range (seen here: 2.4x at seq
+     1024);
+then c is predicted with all three.  So no "after" figure uses c's own measurements.
 """
 
 from __future__ import annotations
@@ -212,6 +217,16 @@ def refit_profile(store, executor_run_ids: list, base: Profile, name: str = "loc
     return fit_local(samples, name, base.device.name, ram, world, provenance)
 
 
+def with_host(refit: Profile, model: ModelSpec, train: list) -> Profile:
+    """The refitted profile with its host time per op fitted (planner.hostfit) to the
+    measured TTFT and TPOT of train, [(Config, row)]."""
+    from planner.hostfit import fit_host
+    points = [(cfg, m, row["measured"][m]) for cfg, row in train for m in METRICS]
+    host = fit_host(points, refit, lambda cfg, prof: predict(model, cfg, prof),
+                    "planner.validate")
+    return dataclasses.replace(refit, host=host)
+
+
 def e2e_corrections(rows: list) -> dict:
     """{(family, metric): (0, b)} with measured ~ b * predicted_refit over rows of that
     family (Config.family; the kind when rows carry none): b the geometric mean of m / p."""
@@ -269,7 +284,7 @@ def summarize(rows: list, key: str) -> dict:
 
 # ------------------------------------------------------------------ the loop
 def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
-             profile: Profile | None = None, progress=None, repeats: int = 3) -> dict:
+             profile: Profile | None = None, progress=None, repeats: int = 5) -> dict:
     """Run the loop over configs; returns the report (see the module docstring)."""
     from calibration.store import Store
     model = model or MODELS["tiny"]
@@ -324,7 +339,9 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
         for i, row in enumerate(rows):
             tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
             others = [rid for r in rows if r is not row for rid in r["run_ids"]]
-            refit = refit_profile(store, others, profile)
+            refit = with_host(refit_profile(store, others, profile), model,
+                              [(c, r) for c, r in zip(configs, rows) if r is not row])
+            row["host_overhead_us"] = round(refit.host.op_overhead_s * 1e6, 2)
             for r, cfg in zip(rows, configs):
                 pred = predict(model, cfg, refit)
                 if r is row:
@@ -341,7 +358,8 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
                 a, b = corr.get((row["family"], m), (0.0, 1.0))
                 row["predicted_after"][m] = a + b * row["predicted_refit"][m]
                 row["e2e_correction"][m] = {"a_ms": round(a, 4), "b": round(b, 4)}
-        full = refit_profile(store, [rid for r in rows for rid in r["run_ids"]], profile)
+        full = with_host(refit_profile(store, [rid for r in rows for rid in r["run_ids"]],
+                                       profile), model, list(zip(configs, rows)))
     finally:
         store.close()
     for r in rows:
@@ -354,5 +372,6 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
     return {"configs": rows, "before": summarize(rows, "predicted"),
             "after": summarize(rows, "predicted_after"),
             "measure": f"p{MEASURE_QUANTILE} of per-step times, lowest of {repeats} run(s)",
-            "holdout": "leave-one-out: profile refit + e2e corrections without the config",
+            "holdout": "leave-one-out: profile refit (curves + host time per op) and e2e "
+                       "corrections without the config",
             "refit_profile": full}

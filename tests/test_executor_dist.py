@@ -189,6 +189,31 @@ def test_cli_run_json_with_verify(capsys):
     assert {"ttft_ms", "tpot_ms", "tps", "decode_tps", "ops"} <= set(summ)
 
 
+@pytest.mark.slow
+def test_cli_runs_several_plans_in_one_process_group(tmp_path, capsys):
+    """Repeated --plan: one launch, one verified result per plan, in order; plans of another
+    world size are refused before launch with one line."""
+    import json
+    paths = []
+    for i, strategy in enumerate((fapool(pool=1, mb=2), StaticStrategy(tp=1, pp=2,
+                                                                        microbatches=2))):
+        paths.append(tmp_path / f"p{i}.json")
+        save_plan(_plan(TINY, strategy, 2, 13, 3), paths[-1])
+    args = ["run", "--steps", "1", "--verify", "--json", "--no-store"]
+    code = main(args + [a for p in paths for a in ("--plan", str(p))])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summaries = json.loads(out)
+    assert [s["strategy"] for s in summaries] == ["FA Pool base TP=1 threshold=8 pool=1",
+                                                  "static TP=1 PP=2"]
+    assert all(s["verify"]["passed"] for s in summaries)
+    wider = tmp_path / "p3.json"
+    save_plan(_plan(TINY, fapool(pool=2), 2, 13, 3), wider)
+    assert main(args + ["--plan", str(paths[0]), "--plan", str(wider)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--plan" in err[0] and "world size 3" in err[0]
+
+
 def _gpus() -> int:
     import torch
     return torch.cuda.device_count() if torch.cuda.is_available() else 0

@@ -1,10 +1,10 @@
 """The closed loop for real: `fapool validate --quick` on this machine (executor runs).
 
 The issue's target: MAPE of TTFT and TPOT <= 10 % after the refit (held out, leave-one-out)
-and the FA Pool / baseline ratio within 10 %.  On the shared 2-core CI machine this is not
-reached; CI fails when the held-out error after the refit exceeds REGRESSION_BOUND_PCT.
-(Whether the refit beats the shipped profile depends on how well that profile already
-fits; both figures are in the report.)
+and the FA Pool / baseline ratio within 10 %.  With the default 5 passes this machine
+reached 6.7 % / 6.3 % / 8.6 % (closing note); single runs move by several points with the
+machine's load, so CI fails above REGRESSION_BOUND_PCT, which the loop before the host-time
+and blocking-pool models (22-30 % TTFT) would not meet.
 """
 
 import json
@@ -13,7 +13,7 @@ import pytest
 
 from planner.cli import main
 
-REGRESSION_BOUND_PCT = 50.0  # what CI enforces
+REGRESSION_BOUND_PCT = 20.0  # what CI enforces
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,7 @@ def report(tmp_path_factory):
     from contextlib import redirect_stdout
     buf = io.StringIO()
     with redirect_stdout(buf):
-        code = main(["validate", "--quick", "--repeats", "1", "--store", str(store),
-                     "--json"])
+        code = main(["validate", "--quick", "--store", str(store), "--json"])
     assert code == 0
     return json.loads(buf.getvalue())
 
@@ -37,6 +36,7 @@ def test_report_shape(report):
         for key in ("predicted", "measured", "predicted_after"):
             assert c[key]["ttft_ms"] > 0 and c[key]["tpot_ms"] > 0
         assert set(c["error_before_pct"]) == {"ttft_ms", "tpot_ms"}
+        assert c["host_overhead_us"] > 0          # fitted per fold, without this config
     for when in ("before", "after"):
         for key in ("mape_ttft", "mape_tpot", "mape_ratio"):
             assert report[when][key] is not None
@@ -44,9 +44,6 @@ def test_report_shape(report):
 
 @pytest.mark.slow
 def test_held_out_error_within_the_regression_bound(report):
-    """The issue's target is 10 %; this machine reaches 17-29 % (TTFT), 4-25 % (TPOT) and
-    14-40 % (FA Pool / baseline ratio) after the refit depending on load (closing note).
-    CI fails when the loop gets worse than REGRESSION_BOUND_PCT."""
     after = report["after"]
     assert after["mape_ttft"] <= REGRESSION_BOUND_PCT
     assert after["mape_tpot"] <= REGRESSION_BOUND_PCT

@@ -28,8 +28,8 @@ def register(subparsers) -> None:
                       help="validate this plan.json (cluster local) at its length, 1/4 and "
                            "1/16 of it, beside the other strategy")
     what.add_argument("--quick", action="store_true",
-                      help="8 configurations (FA Pool, static; 4 lengths): a few minutes")
-    p.add_argument("--repeats", type=int, default=3,
+                      help="8 configurations (FA Pool, static; 4 lengths): ~4 minutes")
+    p.add_argument("--repeats", type=int, default=5,
                    help="runs per configuration, the fastest kept (default 3)")
     p.add_argument("--store", default=None, help="measurement store (default: the user's)")
     p.add_argument("--profile", default="local",
@@ -106,5 +106,9 @@ def format_report(r: dict) -> str:
         lines.append(f"{when:>6} refit: MAPE TTFT {_f(s['mape_ttft'], 1)} %, TPOT "
                      f"{_f(s['mape_tpot'], 1)} %, FA Pool / baseline ratio "
                      f"{_f(s['mape_ratio'], 1)} %")
+    hosts = [c["host_overhead_us"] for c in r["configs"] if "host_overhead_us" in c]
+    if hosts:
+        lines.append(f"host time per op fitted without each configuration: "
+                     f"{min(hosts):.1f}-{max(hosts):.1f} us")
     lines.append(f"measured = {r['measure']}; after = {r['holdout']}; store {r['store']}")
     return "\n".join(lines)
