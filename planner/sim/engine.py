@@ -82,18 +82,15 @@ class Machine:
             names += [f"nic:{n}" for n in nodes]
         return names
 
-    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1, blocking=()):
+    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1):
         """Process: hold the op's resources for op.seconds (compute: the units' streams;
-        comm: their links, plus the streams of the `blocking` units, which sit in a
-        blocking send / receive for the whole transfer).  Queued requests are served
-        earliest micro-batch first."""
+        comm: their links).  Queued requests are served earliest micro-batch first."""
         if op.seconds <= 0:
             return
         unit_names = tuple(unit_names)
         if self.host_s > 0 and op.kind == "comm":   # the issuer posts it (compute: below)
             yield from self._host(unit_names[0], mb)
-        held = (unit_names if op.kind == "compute"
-                else self.link_resources(unit_names) + list(blocking))
+        held = unit_names if op.kind == "compute" else self.link_resources(unit_names)
         requests = []
         for name in sorted(held):
             req = self.resources[name].request(priority=mb)
@@ -127,10 +124,18 @@ class Machine:
                 need[node] = need.get(node, 0) + per_node
         return {n: min(c, self.cores_per_node) for n, c in sorted(need.items())}
 
-    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1, blocking=()):
+    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1):
         """Process: ops one after the other on the same units."""
         for op in ops:
-            yield from self.run(op, unit_names, mb, layer, blocking)
+            yield from self.run(op, unit_names, mb, layer)
+
+    def lock(self, name: str) -> simpy.PriorityResource:
+        """A named one-at-a-time section (e.g. a pool serving one request at a time),
+        created on first use.  Held only between ops, never while waiting for one, so it
+        cannot deadlock with the op resources."""
+        if name not in self.resources:
+            self.resources[name] = simpy.PriorityResource(self.env, capacity=1)
+        return self.resources[name]
 
     def _account(self, op: OpCost, unit_names: tuple, start: float, mb: int, layer: int):
         self.op_time += op.seconds

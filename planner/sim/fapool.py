@@ -123,8 +123,8 @@ class FAPoolProgram:
         env = machine.env
         pool_units = [f"pool{i}" for i in range(self.pool)]
 
-        def run(ops, units, layer=-1, blocking=()):
-            return machine.run_sequence(ops, units, mb, layer, blocking)
+        def run(ops, units, layer=-1):
+            return machine.run_sequence(ops, units, mb, layer)
 
         yield from run(embed, ["base"])
         for index in range(self.model.layers):
@@ -134,12 +134,15 @@ class FAPoolProgram:
             else:
                 pack, send, attn, back, unpack = pool
                 yield from run(pack, ["base"], index)
-                # A pool GPU's receive, attention and send run one after the other on it
-                # (blocking p2p, as executor.pool does), so transfers hold its stream too.
-                yield from run(send, ["base"] + pool_units, index, pool_units)
-                yield env.all_of([env.process(run((op,), [u], index))
-                                  for op, u in zip(attn, pool_units)])
-                yield from run(back, ["base"] + pool_units, index, pool_units)
+                # The pool serves one (layer, micro-batch) request at a time, in order: its
+                # GPUs receive, compute and send back one after the other (blocking p2p,
+                # as executor.pool does), so no transfer overlaps a pool GPU's attention.
+                with machine.lock("pool").request(priority=mb) as serving:
+                    yield serving
+                    yield from run(send, ["base"] + pool_units, index)
+                    yield env.all_of([env.process(run((op,), [u], index))
+                                      for op, u in zip(attn, pool_units)])
+                    yield from run(back, ["base"] + pool_units, index)
                 yield from run(unpack, ["base"], index)
             yield from run(layer.post_attention, ["base"], index)
         yield from run(head, ["base"])
