@@ -15,19 +15,11 @@ import torch
 import torch.distributed as dist
 
 from executor import attention
-from executor.model import embed, lm_head
-from executor.parallel import (assemble_kv, ffn_block, out_proj, qkv, residual, shard_layer,
-                               tp_shard)
+from executor.model import lm_head
+from executor.parallel import (assemble_kv, embed_timed, ffn_block, out_proj, qkv,
+                               residual, shard_layer, tp_shard)
 from executor.pool import KVCache, PoolClient, PoolWorker
 from executor.runtime import Runtime
-
-
-def embed_timed(tokens: torch.Tensor, weights, rt: Runtime) -> torch.Tensor:
-    """Embedding lookup (b, s) -> (b, s, hidden), timed as a memory op (rows read, written:
-    planner.sim.ops.embedding_op)."""
-    with rt.timer.op("memory", bytes=2 * tokens.numel() * rt.spec.hidden * rt.dtype.itemsize,
-                     kind="copy"):
-        return embed(tokens, weights)
 
 
 class TPRank:
@@ -134,7 +126,8 @@ class BaseRank(TPRank):
         next token of every sequence, (b,)."""
         rt = self.rt
         spec = rt.spec
-        xs = [embed_timed(tokens[r.start:r.stop], self.weights, rt) for r in rt.mb_rows]
+        xs = [embed_timed(tokens[r.start:r.stop], self.weights, rt.timer)
+              for r in rt.mb_rows]
         # Software pipeline over micro-batches: as soon as micro-batch j's FFN of layer L is
         # done, its attention of layer L+1 is submitted, before micro-batch j+1's FFN of
         # layer L, so the pool is not left idle until the whole layer is done.  The pool

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from executor.model import LayerWeights, ffn_partial, norm
+from executor.model import LayerWeights, embed, ffn_partial, norm
 from planner.model import ModelSpec
 
 
@@ -100,6 +100,15 @@ def ffn_block(x: torch.Tensor, lw: LayerWeights, spec: ModelSpec, group, size: i
                   activation=spec.activation, dtype_bytes=x.element_size()):
         y = ffn_partial(h, lw.w_up, lw.w_gate, lw.w_down, spec.activation)
     return residual(x, all_reduce(y, group, size, timer, link), timer)
+
+
+def embed_timed(tokens: torch.Tensor, weights, timer) -> torch.Tensor:
+    """Embedding lookup (b, s) -> (b, s, hidden), timed as a memory op (rows read, written:
+    planner.sim.ops.embedding_op)."""
+    table = weights.embed                                    # (vocab, hidden)
+    with timer.op("memory", bytes=2 * tokens.numel() * table.shape[1] * table.element_size(),
+                  kind="copy"):
+        return embed(tokens, weights)
 
 
 def residual(x: torch.Tensor, y: torch.Tensor, timer) -> torch.Tensor:

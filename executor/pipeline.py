@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from executor.fapool import TPRank, embed_timed
+from executor.fapool import TPRank
 from executor.model import lm_head
+from executor.parallel import embed_timed
 from executor.runtime import Runtime
 
 ACT, TOKEN = 0, 1
@@ -48,7 +49,7 @@ class StageRank(TPRank):
         sends, outs = [], []
         for j, rows in enumerate(rt.mb_rows):
             if self.prev is None:
-                x = embed_timed(tokens[rows.start:rows.stop], self.weights, rt)
+                x = embed_timed(tokens[rows.start:rows.stop], self.weights, tm)
             else:
                 x = torch.empty(len(rows), q_len, spec.hidden, dtype=rt.dtype, device=rt.device)
                 with tm.op("send_recv", comm=True, **self._p2p(x, self.prev)):

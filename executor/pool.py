@@ -166,6 +166,11 @@ class PoolPlanBits:
                           lambda e: (e, 1, self.h, self.d), self.rt.dtype, tag)
 
 
+def pack_bytes(q: torch.Tensor, k: torch.Tensor) -> int:
+    """Bytes read + written packing q and k/v (same shape as k) into send buffers."""
+    return 2 * (q.numel() + 2 * k.numel()) * q.element_size()
+
+
 class PoolClient(PoolPlanBits):
     """Runs on the base root: posts the work of one (layer, micro-batch), returns a waiter."""
 
@@ -174,8 +179,7 @@ class PoolClient(PoolPlanBits):
         rt, tm = self.rt, self.rt.timer
         tag = rt.tag(0, layer, j, Q_SEND)
         # pack: each pool rank's Q block (b, ext, H, d) and K/V (2, b, s, KV, d) contiguous
-        with tm.op("memory", kind="copy",
-                   bytes=2 * (q.numel() + 2 * k.numel()) * q.element_size()):
+        with tm.op("memory", kind="copy", bytes=pack_bytes(q, k)):
             blocks = {p: torch.cat([q[:, a:e] for a, e in segs], dim=1).contiguous()
                       for p, segs in enumerate(self.segments) if self.q_extent(p)}
             kv = torch.stack([k, v]).contiguous()
@@ -208,8 +212,7 @@ class PoolClient(PoolPlanBits):
         """q (b, 1, H, d), k/v (b, 1, KV, d) -> callable returning out (b, 1, H, d)."""
         rt, tm = self.rt, self.rt.timer
         b = q.shape[0]
-        with tm.op("memory", kind="copy",
-                   bytes=2 * (q.numel() + 2 * k.numel()) * q.element_size()):
+        with tm.op("memory", kind="copy", bytes=pack_bytes(q, k)):
             packed = torch.cat([q, k, v], dim=2).contiguous()      # (b, 1, H + 2 KV, d)
         sends, bcast = [], None
         rows = self.rows(j)

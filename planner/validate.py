@@ -54,8 +54,9 @@ from planner.workload import Workload
 
 MEASURE_QUANTILE = 10
 METRICS = ("ttft_ms", "tpot_ms")
-# Timed steps per configuration and run: the p10 of 30 steps moves by ~4 % between runs here,
-# of 10 steps by 10-30 % (measured on this 2-core machine).
+# Timed steps per configuration and run.  On this 2-core machine the p10 of 20-step chunks
+# of one launch moved by ~4 %; separate 10-step launches by 10-30 % (whole passes drift
+# with the machine, hence several passes and the lowest value).
 STEPS, WARMUP = 30, 3
 
 

@@ -84,11 +84,13 @@ class Machine:
 
     def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1):
         """Process: hold the op's resources for op.seconds (compute: the units' streams;
-        comm: their links).  Queued requests are served earliest micro-batch first."""
+        comm: their links).  Queued requests are served earliest micro-batch first.
+        With host time (host_s > 0) a compute op holds its streams host_s longer, and a
+        transfer first holds its issuer's stream (unit_names[0]) for host_s to post it."""
         if op.seconds <= 0:
             return
         unit_names = tuple(unit_names)
-        if self.host_s > 0 and op.kind == "comm":   # the issuer posts it (compute: below)
+        if self.host_s > 0 and op.kind == "comm":
             yield from self._host(unit_names[0], mb)
         held = unit_names if op.kind == "compute" else self.link_resources(unit_names)
         requests = []
