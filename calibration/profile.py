@@ -258,8 +258,10 @@ class Profile:
         require(isinstance(host_raw, dict), "profile.host", "not a mapping")
         unknown = set(host_raw) - {"op_overhead_s", "std", "sources"}
         require(not unknown, "profile.host", f"unknown keys {sorted(unknown)}")
+        sources = host_raw.get("sources", [])
+        require(isinstance(sources, list), "profile.host.sources", "must be a list of strings")
         host = Host(host_raw.get("op_overhead_s", 0.0), host_raw.get("std", 0.0),
-                    tuple(host_raw.get("sources", ())))
+                    tuple(str(x) for x in sources))
         return cls(name=raw["name"], device=device, links=links,
                    description=str(raw.get("description", "")),
                    provenance=raw.get("provenance") or {}, host=host, **parsed)

@@ -36,7 +36,8 @@ def test_host_round_trips_and_is_absent_when_zero(tmp_path):
 
 @pytest.mark.parametrize("host, field", [({"op_overhead_s": -1e-5}, "op_overhead_s"),
                                          ({"std": "x"}, "std"),
-                                         ({"per_op": 1}, "profile.host")])
+                                         ({"per_op": 1}, "profile.host"),
+                                         ({"sources": "fitted"}, "profile.host.sources")])
 def test_bad_host_section_names_the_field(tmp_path, host, field):
     raw = LOCAL.to_dict()
     raw["host"] = host
