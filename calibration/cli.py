@@ -191,10 +191,12 @@ def select_runs(runs: list[dict], world_size: int | None) -> list[dict]:
 
 
 def _fit(store, runs: list[dict], name: str, store_path: Path):
-    from calibration.fit import fit_local
+    from calibration.fit import fit_local, without_executor_collectives
 
     ids = [r["id"] for r in runs]
-    samples = [s for rid in ids for s in store.samples(run_id=rid)]
+    samples = without_executor_collectives(
+        [s for rid in ids for s in store.samples(run_id=rid)],
+        [r["id"] for r in runs if r["kind"] == "executor"])
     newest = [r for r in runs if r["kind"] == "microbench"][-1]
     fp = newest["fingerprint"]
     world = newest["world_size"]

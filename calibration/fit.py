@@ -311,6 +311,16 @@ def _solve(family, points, device, peak_bandwidth, free, fixed, times, sigma):
 GATHER_OPS = ("all_gather", "gather")
 
 
+def without_executor_collectives(samples: list[dict], executor_run_ids) -> list[dict]:
+    """The samples minus the collectives timed inside executor runs: those are not link
+    measurements (a blocking receive includes waiting for the peer's compute, a posted send
+    only its posting: seen here from 2 us to 0.7 ms for the same few hundred bytes), so
+    link curves come from microbenchmarks only.  They stay in the store for inspection."""
+    skip = set(executor_run_ids)
+    return [s for s in samples
+            if not (s["run_id"] in skip and s["op"] in curves.COLLECTIVE_FACTORS)]
+
+
 def points_from_samples(samples: list[dict]) -> tuple[dict, dict]:
     """Store samples -> ({family: [Point]}, {link name: [Point]}).  Ops without a curve
     (e2e_prefill, e2e_decode, ...) are skipped.  Collective sizes follow nccl-tests: the
@@ -358,14 +368,16 @@ def measured_peaks(families: dict, links: dict) -> tuple[float, float, dict]:
 
 
 def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float,
-              world_size: int, provenance: dict):
-    """Fit a profile of this machine from store samples (one CPU process or GPU per rank)."""
+              world_size: int, provenance: dict, default_links: dict | None = None):
+    """Fit a profile of this machine from store samples (one CPU process or GPU per rank).
+    default_links ({name: Link}): kept as they are when the samples time no collective
+    (else that is an error)."""
     families, links = points_from_samples(samples)
     for family in ("gemm", "attention", "memory"):
         if not families[family]:
             raise InputError("store", f"no {family} samples in the selected runs; run "
                              "`fapool calibrate` to measure them")
-    if not links:
+    if not links and not default_links:
         raise InputError("store", "no collective samples (world size >= 2) in the selected "
                          "runs; run `fapool calibrate --world-size 2`")
     peak_flops, bandwidth, link_peaks = measured_peaks(families, links)
@@ -373,7 +385,7 @@ def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float
     runs = sorted({p.source for pts in families.values() for p in pts})
     fits = {fam: fit_curve(fam, pts, device, sources=(f"measured: {', '.join(runs)}",))
             for fam, pts in families.items()}
-    link_objs = {}
+    link_objs = {} if links else dict(default_links)
     for lname, pts in links.items():
         fit = fit_curve("link", pts, peak_bandwidth=link_peaks[lname],
                         sources=(f"measured: {', '.join(sorted({p.source for p in pts}))}",))
@@ -385,6 +397,9 @@ def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float
                      "bandwidth; link peak_bandwidth = best measured bus bandwidth of any "
                      f"collective; hbm_bytes = RAM / world size ({world_size})")
     prov["residuals"] = residual_table(fits)
+    if not links:
+        prov["links"] = "not refitted (the samples time no collective): " + ", ".join(
+            f"{n} as given" for n in link_objs)
     return Profile(name=name, device=device, gemm=fits["gemm"].curve,
                    attention=fits["attention"].curve, memory=fits["memory"].curve,
                    links=link_objs, description=f"this machine: {world_size} local processes "

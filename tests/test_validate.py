@@ -60,7 +60,8 @@ def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_pat
         return base
 
     def run(scale_first):
-        def fake_measured(store, run_id):
+        def fake_measured(store, run_ids):
+            (run_id,) = run_ids                 # one pass
             k = 3.0 * (scale_first if run_id == 1 else 1.0) * (1 + 0.1 * run_id)
             return {"ttft_ms": k, "tpot_ms": k / 2, "ttft_ms_median": k, "tpot_ms_median": k}
         monkeypatch.setattr(V, "measured_from_store", fake_measured)

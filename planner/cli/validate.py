@@ -30,8 +30,8 @@ def register(subparsers) -> None:
     what.add_argument("--quick", action="store_true",
                       help="8 configurations (FA Pool, static; 4 lengths): ~4 minutes")
     p.add_argument("--repeats", type=int, default=5,
-                   help="passes over the configurations (one process group each), the "
-                        "fastest run of each kept (default 5)")
+                   help="passes over the configurations (one process group each), their "
+                        "steps pooled (default 5)")
     p.add_argument("--store", default=None, help="measurement store (default: the user's)")
     p.add_argument("--profile", default="local",
                    help="profile predictions start from (default local)")
