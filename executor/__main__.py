@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         import torch
         import torch.distributed as dist
 
-        from executor.engine import run_case
+        from executor.engine import run_cases
         from planner.plan import load_plan
 
         plans = [load_plan(p) for p in args.plan]
@@ -82,16 +82,16 @@ def main(argv=None) -> int:
         dist.init_process_group(backend, rank=rank, world_size=world,
                                 timeout=datetime.timedelta(seconds=timeout))
         heartbeat.set(COMPUTE, "init done")
-        results = []
         for plan in plans:
             if world < plan.world_size:
                 raise RuntimeError(f"plan needs {plan.world_size} ranks, launched {world}")
-            torch.manual_seed(plan.executor.seed)
-            res = run_case(plan, rank, device, heartbeat, steps=args.steps,
-                           verify=args.verify, balanced=args.balanced, warmup=args.warmup)
-            if rank == 0:
-                from executor.report import finish
-                results.append(finish(plan, res, backend, world, args.store))
+        done = run_cases(plans, rank, device, heartbeat, steps=args.steps,
+                         verify=args.verify, balanced=args.balanced, warmup=args.warmup)
+        results = []
+        if rank == 0:
+            from executor.report import finish
+            results = [finish(plan, res, backend, world, args.store)
+                       for plan, res in zip(plans, done)]
         heartbeat.set(COMM, "final barrier")
         dist.barrier()
         if rank == 0 and args.result:

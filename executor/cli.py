@@ -44,7 +44,7 @@ def register(subparsers) -> None:
         epilog=EPILOG, formatter_class=Formatter)
     p.add_argument("--plan", action="append", default=None,
                    help="plan.json from `fapool plan` / simulate; repeat to run several plans "
-                        "of one world size in one process group, one after the other")
+                        "of one world size in one process group, their requests alternating")
     p.add_argument("--nproc", type=int, default=None,
                    help="local processes; must equal the plan's world size (default: it)")
     p.add_argument("--steps", type=int, default=3, help="timed requests (default 3)")

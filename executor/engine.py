@@ -1,5 +1,5 @@
-"""One case (a plan) on every rank: build roles, warm up, time K requests, gather
-timings and verify records to rank 0, and (rank 0) verify and write the store."""
+"""Cases (plans) on every rank: build roles, warm up, time K requests (several plans'
+requests alternating), gather timings and verify records to rank 0, which verifies."""
 
 from __future__ import annotations
 
@@ -57,72 +57,111 @@ def _assemble(records: dict, layers: int, steps: int) -> dict:
     return {"logits": joined(("logits",)), "attn": [joined(("attn", i)) for i in range(layers)]}
 
 
-def run_case(plan: Plan, rank: int, device: torch.device, heartbeat, steps: int = 1,
-             verify: bool = False, balanced: bool = False, warmup: int = 1) -> dict | None:
-    """Every launched rank calls this with the same arguments; rank 0 returns the result."""
-    groups = build_groups(plan, rank)
-    timer = Timer(device, heartbeat)
-    rt = Runtime(plan, groups, device, timer, balanced=balanced or getattr(
-        plan.strategy, "balanced", False))
-    if not groups.in_plan:
-        return None
-    spec, wl = plan.model, plan.workload
-    weights = make_weights(spec, plan.executor.seed)
-    gen = torch.Generator().manual_seed(plan.executor.seed + 1)
-    prompt = torch.randint(spec.vocab, (wl.batch, wl.input_len), generator=gen).to(device)
-    role = _role(rt, weights)
-    holds_tokens = role is not None and (not hasattr(role, "stage") or role.stage == 0)
-    ttft, tpot, generated = [], [], None
-    for rep in range(warmup + steps):
-        timed = rep >= warmup
+class Case:
+    """One plan on this rank, built once and then run one request at a time, so several
+    cases can alternate request by request (run_cases).  Every launched rank builds the
+    same cases in the same order (process groups are created collectively)."""
+
+    def __init__(self, plan: Plan, rank: int, device: torch.device, heartbeat,
+                 verify: bool = False, balanced: bool = False, warmup: int = 1,
+                 steps: int = 1):
+        self.plan, self.rank, self.device, self.heartbeat = plan, rank, device, heartbeat
+        self.verify, self.warmup, self.steps = verify, warmup, steps
+        self.groups = build_groups(plan, rank)
+        self.timer = Timer(device, heartbeat)
+        self.rt = Runtime(plan, self.groups, device, self.timer, balanced=balanced or getattr(
+            plan.strategy, "balanced", False))
+        self.ttft, self.tpot, self.generated = [], [], None
+        if not self.groups.in_plan:
+            return
+        spec, wl = plan.model, plan.workload
+        self.weights = make_weights(spec, plan.executor.seed)
+        gen = torch.Generator().manual_seed(plan.executor.seed + 1)
+        self.prompt = torch.randint(spec.vocab, (wl.batch, wl.input_len),
+                                    generator=gen).to(device)                # (b, n)
+        self.role = _role(self.rt, self.weights)
+        self.holds_tokens = self.role is not None and (not hasattr(self.role, "stage")
+                                                       or self.role.stage == 0)
+
+    def request(self, rep: int) -> None:
+        """Request rep (warm-up while rep < warmup): prefill, then decode_steps steps."""
+        if not self.groups.in_plan:
+            return
+        rt, role, timer, device = self.rt, self.role, self.timer, self.device
+        timed = rep >= self.warmup
         timer.enabled = timed
-        rt.record = verify and rep == warmup + steps - 1
-        if rep == warmup:
-            maybe_fault(rank)
+        rt.record = self.verify and rep == self.warmup + self.steps - 1
+        if rep == self.warmup:
+            maybe_fault(self.rank)
         with timer.op("barrier", comm=True):
-            dist.barrier(group=groups.world)
+            dist.barrier(group=self.groups.world)
         t0 = wall(device)
-        tok = role.step(prompt if holds_tokens else None, 0) if role else None
+        tok = role.step(self.prompt if self.holds_tokens else None, 0) if role else None
         t1 = prefill_end = wall(device)
         out = [tok]
         decode_times = []
         for t in range(1, rt.decode_steps + 1):
-            fed = tok[:, None] if tok is not None and holds_tokens else None
+            fed = tok[:, None] if tok is not None and self.holds_tokens else None
             tok = role.step(fed, t) if role else None
             t2 = wall(device)
             decode_times.append(t2 - t1)
             t1 = t2
             out.append(tok)
         if timed:
-            ttft.append(prefill_end - t0)
-            tpot.extend(decode_times)
-        if rank == 0:
-            generated = torch.stack(out, dim=1).cpu()            # (b, output_len)
-    heartbeat.set(COMPUTE, "gather results")
-    mine = {"timings": timer.records(), "records": rt.records, "trace": timer.trace,
-            "role": groups.info.role}
-    gathered = [None] * plan.world_size if rank == 0 else None
-    with timer.op("gather_results", comm=True):
-        dist.gather_object(mine, gathered, dst=0, group=groups.world)
-    if rank != 0:
-        return None
-    result = {"ttft_s": ttft, "tpot_s": tpot,
-              "per_rank_timings": [g["timings"] for g in gathered],
-              "pool_size": rt.pool_size, "microbatches": len(rt.mb_rows),
-              "balanced": rt.balanced}
-    if rt.pool_size and device.type == "cpu":
-        base = [iv[1:] for g in gathered if g["role"] == "base" for iv in g["trace"]
-                if iv[0] == "ffn"]
-        pool = [iv[1:] for g in gathered if g["role"] == "pool" for iv in g["trace"]
-                if iv[0] == "attention"]
-        result["overlap"] = overlap(pool, base)
-    if verify:
-        from executor.reference import verify as check
-        merged = {}
-        for g in gathered:
-            merged.update(g["records"])
-        got = _assemble(merged, spec.layers, rt.decode_steps)     # fp32, on the CPU
-        got = {"logits": got["logits"].to(device), "attn": [a.to(device) for a in got["attn"]]}
-        result["verify"] = check(spec, weights, rt.dtype, plan.executor.dtype, prompt,
-                                 generated.to(device), got)
-    return result
+            self.ttft.append(prefill_end - t0)
+            self.tpot.extend(decode_times)
+        if self.rank == 0:
+            self.generated = torch.stack(out, dim=1).cpu()               # (b, output_len)
+
+    def finish(self) -> dict | None:
+        """Gather every rank's timings (and verify records) to rank 0, which returns the
+        result; the other ranks return None."""
+        if not self.groups.in_plan:
+            return None
+        plan, rt, timer, spec = self.plan, self.rt, self.timer, self.plan.model
+        self.heartbeat.set(COMPUTE, "gather results")
+        mine = {"timings": timer.records(), "records": rt.records, "trace": timer.trace,
+                "role": self.groups.info.role}
+        gathered = [None] * plan.world_size if self.rank == 0 else None
+        with timer.op("gather_results", comm=True):
+            dist.gather_object(mine, gathered, dst=0, group=self.groups.world)
+        if self.rank != 0:
+            return None
+        result = {"ttft_s": self.ttft, "tpot_s": self.tpot,
+                  "per_rank_timings": [g["timings"] for g in gathered],
+                  "pool_size": rt.pool_size, "microbatches": len(rt.mb_rows),
+                  "balanced": rt.balanced}
+        if rt.pool_size and self.device.type == "cpu":
+            base = [iv[1:] for g in gathered if g["role"] == "base" for iv in g["trace"]
+                    if iv[0] == "ffn"]
+            pool = [iv[1:] for g in gathered if g["role"] == "pool" for iv in g["trace"]
+                    if iv[0] == "attention"]
+            result["overlap"] = overlap(pool, base)
+        if self.verify:
+            from executor.reference import verify as check
+            merged = {}
+            for g in gathered:
+                merged.update(g["records"])
+            got = _assemble(merged, spec.layers, rt.decode_steps)     # fp32, on the CPU
+            got = {"logits": got["logits"].to(self.device),
+                   "attn": [a.to(self.device) for a in got["attn"]]}
+            result["verify"] = check(spec, self.weights, rt.dtype, plan.executor.dtype,
+                                     self.prompt, self.generated.to(self.device), got)
+        return result
+
+
+def run_cases(plans: list, rank: int, device: torch.device, heartbeat, steps: int = 1,
+              verify: bool = False, balanced: bool = False, warmup: int = 1) -> list:
+    """Every launched rank calls this with the same arguments.  The plans' requests
+    alternate (request r of every plan, then request r + 1), so a machine that slows down
+    for a while slows every plan alike instead of whichever ran then.  Rank 0 returns the
+    results in plan order, the other ranks Nones."""
+    cases = []
+    for plan in plans:
+        torch.manual_seed(plan.executor.seed)
+        cases.append(Case(plan, rank, device, heartbeat, verify, balanced, warmup, steps))
+    for rep in range(warmup + steps):
+        for case in cases:
+            case.request(rep)
+    return [case.finish() for case in cases]
+

@@ -139,8 +139,9 @@ def predict(model: ModelSpec, cfg: Config, profile: Profile) -> dict:
 def run_executor(plan_paths: list, store: Path, steps: int = STEPS, warmup: int = WARMUP,
                  timeout: float = 300.0) -> list:
     """`fapool run --plan P1 --plan P2 ... --json --store S` in a subprocess (planner never
-    imports torch): the plans (one world size) run one after the other in one process
-    group, which saves a launch per plan.  Returns their JSON summaries in order.  A failed
+    imports torch): the plans (one world size) run in one process group, which saves a
+    launch per plan, their requests alternating, so the machine's drift during the pass
+    hits every plan alike.  Returns their JSON summaries in order.  A failed
     run raises RuntimeError with its message."""
     cmd = [sys.executable, "-m", "planner.cli", "run", "--json", "--store", str(store),
            "--steps", str(steps), "--warmup", str(warmup), "--timeout", str(timeout)]
