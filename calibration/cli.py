@@ -216,7 +216,7 @@ def _fit(store, runs: list[dict], name: str, store_path: Path):
                   "the Jacobian (fapool calibrate)",
     }
     return fit_local(samples, name, device_name, float(fp.get("ram_bytes") or 0) or 1.0,
-                     world, provenance)
+                     world, provenance, balance=any(r["kind"] == "executor" for r in runs))
 
 
 def _write(profile, out: Path) -> int:

@@ -75,6 +75,8 @@ def _plan_from_flags(args):
     from planner.plan import ExecutorSettings, make_plan
 
     model, cluster, strategy, workload = specs_from_args(args)
+    if strategy.microbatches is None:                     # documented: unset means 1
+        strategy = dataclasses.replace(strategy, microbatches=1)
     need = strategy.max_gpus
     if need > cluster.total_gpus and args.nodes is None:   # local: as many "GPUs" as ranks
         cluster = dataclasses.replace(cluster, gpus_per_node=need)

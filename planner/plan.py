@@ -12,12 +12,16 @@
       "executor": {"seed": 0, "dtype": "float32" | "bfloat16" | "float16", "timeout_s": 300}
     }
 
+The strategy's micro-batch count is always explicit (resolve_microbatches): the executor
+cuts both phases into it, and the predictions were made with it.
+
 load_plan validates every field and checks that ranks and groups are what the strategy
 implies (a plan edited into inconsistency is refused with the field named).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
 import json
@@ -116,9 +120,28 @@ class Plan:
         return {"plan_id": self.plan_id, **self.body()}
 
 
+def resolve_microbatches(model: ModelSpec, strategy: Strategy, workload: Workload,
+                         profile: Profile) -> Strategy:
+    """The strategy with its micro-batch count made explicit: the simulator's choice for
+    an unset count (planner.memory.choose_microbatches).  The executor cuts both phases
+    into strategy.microbatches, so a plan states it; predict with the resolved strategy."""
+    if strategy.microbatches is not None:
+        return strategy
+    from planner.memory import choose_microbatches
+    count = choose_microbatches(model, strategy, workload, profile.device.hbm_bytes)
+    return dataclasses.replace(strategy, microbatches=count)
+
+
 def make_plan(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workload: Workload,
               profile: Profile, predictions: dict | None = None,
               executor: ExecutorSettings | None = None) -> Plan:
+    """A plan of the strategy with its micro-batch count resolved (resolve_microbatches);
+    predictions, if given, must be of the resolved strategy."""
+    resolved = resolve_microbatches(model, strategy, workload, profile)
+    if predictions is not None and resolved != strategy:
+        raise ValueError("predictions of a strategy without a micro-batch count: "
+                         "resolve_microbatches first, then simulate")
+    strategy = resolved
     build_layout(model, cluster, strategy)  # validates
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     return Plan(model, cluster, strategy, workload, profile.to_dict(), predictions,

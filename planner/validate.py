@@ -21,7 +21,9 @@ Refit, evaluated leave-one-out: for each configuration c, using only the other o
      timed while running the other configurations (one point per shape, as above).  Not
      its collectives: those include waiting for the peer
      (calibration.fit.without_executor_collectives), so the links come from the store's
-     microbenchmarks, else stay the starting profile's (measured by microbenchmarks);
+     microbenchmarks, else stay the starting profile's (measured by microbenchmarks).
+     Decode and prefill attention shapes weigh alike in the fit
+     (calibration.fit.balance_attention_phases);
   2. the profile's host time per op (calibration.profile.Host: Python and dispatch between
      ops, which no microbenchmark sees) is fitted through the simulator to the other
      configurations' measured TTFT and TPOT, one value for both strategies
@@ -229,7 +231,7 @@ def refit_profile(store, executor_run_ids: list, base: Profile, name: str = "loc
                             f"p{MEASURE_QUANTILE} of the repeats of every run)"}
     samples = robust_samples(bench + ex)
     return fit_local(samples, name, base.device.name, ram, world, provenance,
-                     default_links=base.links)
+                     default_links=base.links, balance=True)
 
 
 def with_host(refit: Profile, model: ModelSpec, train: list) -> Profile:

@@ -237,8 +237,11 @@ def test_plan_json_is_a_valid_plan_with_predictions():
     sc = scenario(interval_samples=4)
     raw = json.loads(data.plan_json(sc))
     plan = plan_from_dict(raw)
-    assert plan.strategy == sc.fapool and plan.workload == sc.workload()
-    point = data.point(PAPER, A100, PROFILE, sc.fapool, sc.workload())
+    # the strategy with its micro-batch count made explicit, as the simulator chose it
+    assert plan.strategy == replace(sc.fapool, microbatches=plan.strategy.microbatches)
+    assert plan.workload == sc.workload()
+    point = data.point(PAPER, A100, PROFILE, plan.strategy, sc.workload())
+    assert point["microbatches"] == plan.strategy.microbatches
     assert raw["predictions"]["tpot_ms"] == point["tpot_ms"]
     assert raw["predictions"]["tpot_ms_interval"] is not None
     assert "threshold 4096" not in " ".join(raw["predictions"]["notes"])   # 8192 >= 4096

@@ -7,15 +7,32 @@ import pytest
 from calibration.errors import InputError
 from planner.cluster import resolve_cluster
 from planner.model import PRESETS
-from planner.plan import load_plan, make_plan, save_plan
+from planner.plan import load_plan, make_plan, resolve_microbatches, save_plan
+from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy
 from planner.workload import Workload
 
 
 def _plan(strategy=None):
-    cluster = resolve_cluster("dgx-a100")
-    return make_plan(PRESETS["paper-4l"], cluster, strategy or FAPoolStrategy(),
-                     Workload(), cluster.load_profile(), predictions={"tpot_ms": 1.0})
+    cluster, model, wl = resolve_cluster("dgx-a100"), PRESETS["paper-4l"], Workload()
+    profile = cluster.load_profile()
+    strategy = resolve_microbatches(model, strategy or FAPoolStrategy(), wl, profile)
+    return make_plan(model, cluster, strategy, wl, profile, predictions={"tpot_ms": 1.0})
+
+
+def test_plan_states_the_micro_batch_count_the_simulator_used():
+    """The executor cuts both phases into strategy.microbatches (default 1), so a plan
+    whose strategy left it unset would run other than predicted."""
+    cluster, model, wl = resolve_cluster("local"), PRESETS["tiny"], Workload(4, 64, 8)
+    profile = cluster.load_profile()
+    unset = StaticStrategy(1, 1)
+    plan = make_plan(model, cluster, unset, wl, profile)
+    sim = simulate(model, cluster, unset, wl, profile=profile, record=False)
+    assert plan.strategy.microbatches == sim.microbatches == 2
+    again = simulate(model, cluster, plan.strategy, wl, profile=profile, record=False)
+    assert again.microbatches == again.decode_microbatches == 2
+    with pytest.raises(ValueError, match="micro-batch"):
+        make_plan(model, cluster, unset, wl, profile, predictions=sim.to_json())
 
 
 def test_round_trip(tmp_path):

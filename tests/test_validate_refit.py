@@ -58,3 +58,17 @@ def test_measured_value_pools_the_steps_of_every_pass(tmp_path):
     assert m["ttft_ms_passes"] == [1000.0, 2000.0]
     assert m["ttft_ms_steps"] == 20
     assert m["tpot_ms"] == pytest.approx(pooled / 10)
+
+
+def test_decode_and_prefill_attention_weigh_alike():
+    from calibration.fit import MEASURED_SIGMA, Point, balance_attention_phases
+
+    def pt(q, kv):
+        return Point("attention", {"batch": 1, "q_len": q, "kv_len": kv, "heads": 4,
+                                   "kv_heads": 4, "head_dim": 16, "dtype_bytes": 4,
+                                   "causal": True}, 1e-3)
+    points = [pt(1, kv) for kv in range(64, 64 + 9)] + [pt(256, 256)]   # 9 decode, 1 prefill
+    out = balance_attention_phases(points)
+    weight = [1 / p.sigma ** 2 for p in out]
+    assert sum(weight[:9]) == pytest.approx(weight[9])                  # per phase: equal
+    assert sum(weight) == pytest.approx(len(points) / MEASURED_SIGMA ** 2)   # total: kept

@@ -118,7 +118,7 @@ def _plan_workload(chosen: dict) -> Workload:
 
 def run(args) -> int:
     from planner.launch import write_launch_configs
-    from planner.plan import ExecutorSettings, make_plan, save_plan
+    from planner.plan import ExecutorSettings, make_plan, resolve_microbatches, save_plan
     from planner.report import SWEEP_LENS, render_report
     from planner.requests import simulate_requests
     from planner.search import evaluate_strategy, search
@@ -145,8 +145,8 @@ def run(args) -> int:
             print(format_summary(result, {}))
         sys.stderr.write(f"fapool plan: no feasible plan: {result.reason}\n")
         return 2
-    strategy = result.strategy(result.chosen)
     wl = _plan_workload(result.chosen)
+    strategy = resolve_microbatches(model, result.strategy(result.chosen), wl, profile)
     sim = simulate(model, cluster, strategy, wl, profile=profile, record=False)
     predictions = sim.to_json()
     predictions["search"] = {k: v for k, v in result.chosen.items() if k != "buckets"}

@@ -21,7 +21,7 @@ from planner.cluster import ClusterSpec
 from planner.launch import render_launch_configs
 from planner.model import ModelSpec
 from planner.memory import memory_check
-from planner.plan import make_plan
+from planner.plan import make_plan, resolve_microbatches
 from planner.search import SearchSpace, search
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, Strategy
@@ -282,8 +282,10 @@ def store_comparison(path: str | Path) -> dict:
 # ------------------------------------------------------------------ downloads
 def selected_plan(sc: Scenario):
     """The selected strategy at the chosen length as a Plan, with the simulator's full
-    predictions (intervals included) computed for exactly this strategy."""
-    strategy, wl = sc.strategy(), sc.workload()
+    predictions (intervals included) computed for exactly this strategy (its micro-batch
+    count made explicit, as plan.json states it)."""
+    wl = sc.workload()
+    strategy = resolve_microbatches(sc.model, sc.strategy(), wl, sc.profile)
     result = simulate(sc.model, sc.cluster, strategy, wl, profile=sc.profile, record=False,
                       interval_samples=sc.interval_samples)
     return make_plan(sc.model, sc.cluster, strategy, wl, sc.profile,
