@@ -2,18 +2,19 @@
 
 Configurations fit this machine (cluster `local`, model `tiny`): FA Pool and the static
 baseline at several sequence lengths; each run measures prefill (TTFT) and decode (TPOT).
-Every configuration sets its micro-batch count, so planner and executor cut the batch alike
-(the executor uses strategy.microbatches, default 1; the simulator's default differs).
+Every configuration states its micro-batch count (planner.plan.resolve_microbatches), so
+planner and executor cut the batch alike.
 
 Measured value: the MEASURE_QUANTILE-th percentile of the executor's per-step times (its
 e2e_prefill / e2e_decode samples in the store), not the median: on a shared CPU the slow
 steps are other processes taking the cores (Python's timeit documentation makes the same
-argument for its minimum).  Each pass runs every configuration (STEPS timed steps) in one
-process group, in alternating order from pass to pass; a configuration's steps of all
-passes are pooled into one percentile (the median and each pass's own percentile are
-reported next to it).  Pooled, a configuration moved by 3.3 % (sd) between three
-whole validate runs here, the FA Pool / baseline ratio by 3.9 %; the lowest per-pass
-value, used before, moved by 4.3 % and 6.7 %: a minimum picks one lucky pass.
+argument for its minimum).  Each pass runs the configurations of one world size in one
+process group, their requests alternating (executor.engine.run_cases) so that a slow spell
+of the machine hits them alike, in reversed order from pass to pass; a configuration's
+steps of all passes are pooled into one percentile (the median and each pass's own
+percentile are reported next to it).  Between three whole validate runs here a
+configuration's value moved by 3.0 % (sd) and the FA Pool / baseline ratio by 1.5 %; run
+one configuration after the other and keeping the lowest pass (as before), 4.3 % and 6.7 %.
 
 Refit, evaluated leave-one-out: for each configuration c, using only the other ones,
   1. the profile's curves are refitted (calibration.fit.fit_local) from this machine's
@@ -55,7 +56,7 @@ from planner.cluster import PRESETS as CLUSTERS
 from planner.cluster import ClusterSpec
 from planner.model import PRESETS as MODELS
 from planner.model import ModelSpec
-from planner.plan import ExecutorSettings, Plan, make_plan, save_plan
+from planner.plan import ExecutorSettings, Plan, make_plan, resolve_microbatches, save_plan
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
 from planner.workload import Workload
@@ -310,6 +311,9 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
     require(repeats >= 1, "--repeats", f"must be >= 1, got {repeats}")
     dtype = {4: "float32", 2: "bfloat16"}.get(model.dtype_bytes, "float32")
     tick = progress or (lambda msg: None)
+    # micro-batch counts explicit, as the plans state them (an older plan.json may not)
+    configs = [dataclasses.replace(c, strategy=resolve_microbatches(
+        model, c.strategy, c.workload, profile)) for c in configs]
     plans = []
     for i, cfg in enumerate(configs):
         pred = predict(model, cfg, profile)

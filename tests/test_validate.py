@@ -119,3 +119,18 @@ def test_plan_configs_pair_the_plan_with_a_baseline(tmp_path):
     kinds = [c.kind for c in cfgs]
     assert kinds.count("fapool") == kinds.count("static") == 2
     assert sorted(c.workload.input_len for c in cfgs) == [16, 16, 64, 64]
+
+
+def test_configs_without_a_micro_batch_count_run_with_the_simulators(monkeypatch, tmp_path):
+    """An older plan.json leaves strategy.microbatches unset; validate states the count the
+    simulator uses in the plans it runs (the executor would otherwise cut by 1)."""
+    configs = [V.Config(f"c{n}", StaticStrategy(1, 1), Workload(4, n, 4)) for n in (16, 32, 64)]
+    monkeypatch.setattr(V, "run_executor", lambda paths, store, **kw: [
+        {"store_run_id": i + 1} for i, _ in enumerate(paths)])
+    monkeypatch.setattr(V, "measured_from_store", lambda store, ids: {
+        "ttft_ms": 1.0 + ids[0], "tpot_ms": 1.0})
+    monkeypatch.setattr(V, "refit_profile", lambda store, ids, base, name="x": base)
+    V.validate(configs, tmp_path / "s.sqlite", tmp_path, repeats=1)
+    for i in range(3):
+        written = json.loads((tmp_path / f"plan_{i}.json").read_text())
+        assert written["strategy"]["microbatches"] == 2
