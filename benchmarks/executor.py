@@ -85,16 +85,19 @@ def main(argv=None) -> int:
         ("static TP2xPP2", StaticStrategy(tp=2, pp=2, microbatches=2), full),
         (f"FA Pool TP1+{pool}", FAPoolStrategy(base_tp=1, threshold=1, pool_gpus=pool,
                                                microbatches=2), full),
-        ("attn pool 1", FAPoolStrategy(base_tp=1, threshold=1, pool_gpus=1), prefill_only),
-        (f"attn pool {pool}", FAPoolStrategy(base_tp=1, threshold=1, pool_gpus=pool),
+        # one micro-batch: each pool rank's whole share of the batch in one attention call
+        ("attn pool 1", FAPoolStrategy(base_tp=1, threshold=1, pool_gpus=1, microbatches=1),
          prefill_only),
+        (f"attn pool {pool}", FAPoolStrategy(base_tp=1, threshold=1, pool_gpus=pool,
+                                             microbatches=1), prefill_only),
         (f"attn pool {pool} balanced", FAPoolStrategy(base_tp=1, threshold=1, pool_gpus=pool,
-                                                      balanced=True), prefill_only),
+                                                      balanced=True, microbatches=1),
+         prefill_only),
     ]
     for b in (1, pool):  # decode K/V placement: whole sequences per rank vs slices of each
         for kv in ("split-batch", "split-seq"):
             cases.append((f"decode {kv} b{b}", FAPoolStrategy(
-                base_tp=1, threshold=1, pool_gpus=pool, decode_kv=kv),
+                base_tp=1, threshold=1, pool_gpus=pool, decode_kv=kv, microbatches=1),
                 Workload(b, a.seq_len, 2 * a.output_len)))
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
