@@ -215,17 +215,34 @@ def microbench_samples(store) -> tuple:
     return samples, chosen[-1]["world_size"], chosen[-1]["fingerprint"]
 
 
-def refit_profile(store, executor_run_ids: list, base: Profile, name: str = "local-refit"
-                  ) -> Profile:
+@dataclass(frozen=True)
+class RefitInputs:
+    """What every fold's refit reads, read from the store once: this machine's
+    microbenchmark samples (microbench_samples) and each executor run's operator samples
+    (its collectives dropped: calibration.fit.without_executor_collectives)."""
+    bench: list
+    world: int | None
+    fingerprint: dict | None
+    by_run: dict                   # executor run id -> [sample]
+
+
+def refit_inputs(store, executor_run_ids: list) -> RefitInputs:
+    from calibration.fit import without_executor_collectives
+    by_run = {rid: without_executor_collectives(
+        [s for s in store.samples(run_id=rid) if not s["op"].startswith("e2e_")], [rid])
+        for rid in executor_run_ids}
+    return RefitInputs(*microbench_samples(store), by_run)
+
+
+def refit_profile(inputs: RefitInputs, executor_run_ids: list, base: Profile,
+                  name: str = "local-refit") -> Profile:
     """Profile refitted from microbenchmark samples (if any) + the given executor runs'
     operator samples (calibration.fit.fit_local)."""
-    from calibration.fit import fit_local, without_executor_collectives
-    bench, world, fp = microbench_samples(store)
-    ex = without_executor_collectives(
-        [s for rid in executor_run_ids for s in store.samples(run_id=rid)
-         if not s["op"].startswith("e2e_")], executor_run_ids)
-    world = world or 2
-    ram = float((fp or {}).get("ram_bytes") or base.device.hbm_bytes * world)
+    from calibration.fit import fit_local
+    bench = inputs.bench
+    ex = [s for rid in executor_run_ids for s in inputs.by_run[rid]]
+    world = inputs.world or 2
+    ram = float((inputs.fingerprint or {}).get("ram_bytes") or base.device.hbm_bytes * world)
     provenance = {"runs": sorted({s["run_id"] for s in bench + ex}),
                   "method": "planner.validate: calibration.fit.fit_local on microbenchmark "
                             "+ executor operator samples (one point per shape: "
@@ -302,8 +319,11 @@ def summarize(rows: list, key: str) -> dict:
 
 # ------------------------------------------------------------------ the loop
 def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
-             profile: Profile | None = None, progress=None, repeats: int = 5) -> dict:
-    """Run the loop over configs; returns the report (see the module docstring)."""
+             profile: Profile | None = None, progress=None, repeats: int = 5,
+             refit_all: bool = False) -> dict:
+    """Run the loop over configs; returns the report (see the module docstring).  With
+    refit_all, report["refit_profile"] is the profile refitted from every configuration
+    (else None)."""
     from calibration.store import Store
     model = model or MODELS["tiny"]
     profile = profile or load_profile("local")
@@ -347,34 +367,34 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
                          "seq_len": cfg.workload.input_len, "batch": cfg.workload.batch,
                          "output_len": cfg.workload.output_len, "run_ids": runs[i],
                          "predicted": pred, "measured": measured_from_store(store, runs[i])})
-        for i, row in enumerate(rows):
-            tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
-            others = [rid for r in rows if r is not row for rid in r["run_ids"]]
-            refit = with_host(refit_profile(store, others, profile), model,
-                              [(c, r) for c, r in zip(configs, rows) if r is not row])
-            row["host_overhead_us"] = round(refit.host.op_overhead_s * 1e6, 2)
-            for r, cfg in zip(rows, configs):
-                pred = predict(model, cfg, refit)
-                if r is row:
-                    row["predicted_refit"] = pred
-                else:
-                    r.setdefault("_fold", {})[row["label"]] = pred
-        for i, row in enumerate(rows):
-            train = [dict(r, predicted_refit=r["_fold"][row["label"]])
-                     for r in rows if r is not row]
-            corr = e2e_corrections(train)
-            row["predicted_after"] = {}
-            row["e2e_correction"] = {}
-            for m in METRICS:
-                a, b = corr.get((row["family"], m), (0.0, 1.0))
-                row["predicted_after"][m] = a + b * row["predicted_refit"][m]
-                row["e2e_correction"][m] = {"a_ms": round(a, 4), "b": round(b, 4)}
-        full = with_host(refit_profile(store, [rid for r in rows for rid in r["run_ids"]],
-                                       profile), model, list(zip(configs, rows)))
+        inputs = refit_inputs(store, [rid for r in rows for rid in r["run_ids"]])
     finally:
         store.close()
+    fold_preds = {}                # (held-out i, config j) -> prediction of fold i
+    for i, row in enumerate(rows):
+        tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
+        others = [rid for r in rows if r is not row for rid in r["run_ids"]]
+        refit = with_host(refit_profile(inputs, others, profile), model,
+                          [(c, r) for c, r in zip(configs, rows) if r is not row])
+        row["host_overhead_us"] = round(refit.host.op_overhead_s * 1e6, 2)
+        for j, cfg in enumerate(configs):
+            fold_preds[i, j] = predict(model, cfg, refit)
+        row["predicted_refit"] = fold_preds[i, i]
+    for i, row in enumerate(rows):
+        train = [dict(r, predicted_refit=fold_preds[i, j])
+                 for j, r in enumerate(rows) if j != i]
+        corr = e2e_corrections(train)
+        row["predicted_after"] = {}
+        row["e2e_correction"] = {}
+        for m in METRICS:
+            a, b = corr.get((row["family"], m), (0.0, 1.0))
+            row["predicted_after"][m] = a + b * row["predicted_refit"][m]
+            row["e2e_correction"][m] = {"a_ms": round(a, 4), "b": round(b, 4)}
+    full = None
+    if refit_all:
+        full = with_host(refit_profile(inputs, list(inputs.by_run), profile), model,
+                         list(zip(configs, rows)))
     for r in rows:
-        r.pop("_fold", None)
         r["error_before_pct"] = {m: round(_err(r["predicted"][m], r["measured"][m]), 2)
                                  for m in METRICS}
         r["error_after_pct"] = {m: round(_err(r["predicted_after"][m], r["measured"][m]), 2)

@@ -76,7 +76,7 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="fapool-validate-") as tmp:
         try:
             report = validate(configs, store_path, Path(tmp), model, profile, say,
-                              args.repeats)
+                              args.repeats, refit_all=bool(args.save_profile))
         except RuntimeError as err:
             sys.stderr.write(f"fapool validate: error: {err}\n")
             return 1
