@@ -28,7 +28,7 @@ def test_mape_and_ratio_errors():
     assert ratios["ttft_ms"]["predicted"] == 3.0 and ratios["ttft_ms"]["measured"] == 1.5
     assert ratios["ttft_ms"]["error_pct"] == pytest.approx(100.0)
     assert ratios["tpot_ms"]["error_pct"] == pytest.approx(-50.0)
-    assert V.summarize(rows, "predicted")["mape_ratio"] == pytest.approx(75.0)
+    assert V.summarize(rows, "predicted")["ratio"] == pytest.approx(75.0)
 
 
 def test_e2e_correction_is_one_scale_per_family_and_metric():
@@ -47,8 +47,8 @@ def test_e2e_correction_is_one_scale_per_family_and_metric():
 
 
 def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_path):
-    """Leave-one-out: a config's 'after' prediction must not change when its own
-    measurement changes, and its refit must exclude its own store run."""
+    """Leave-one-out: a config's refit prediction (and its bias) must not change when its
+    own measurement changes, and its refit must exclude its own store run."""
     configs = V.default_configs(quick=True)
     fitted_without = []
 
@@ -71,16 +71,20 @@ def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_pat
     monkeypatch.setattr(V, "run_executor", fake_run)
     monkeypatch.setattr(V, "refit_profile", fake_refit)
     a, b = run(1.0), run(10.0)
-    assert a["configs"][0]["predicted_after"] == b["configs"][0]["predicted_after"]
-    # ... while a config of the same kind that trains on it does change
-    assert a["configs"][2]["kind"] == a["configs"][0]["kind"]
-    assert a["configs"][2]["predicted_after"] != b["configs"][2]["predicted_after"]
+    for key in ("predicted_refit", "predicted_with_bias"):
+        assert a["configs"][0][key] == b["configs"][0][key]
+    # ... while the bias of a config of the same family that trains on it does change
+    assert a["configs"][2]["family"] == a["configs"][0]["family"]
+    assert a["configs"][2]["predicted_with_bias"] != b["configs"][2]["predicted_with_bias"]
     folds = fitted_without[:len(configs)]
     assert folds == [{i} for i in range(1, len(configs) + 1)]
-    for key in ("before", "after"):
-        assert {"mape_ttft", "mape_tpot", "mape_ratio"} <= set(a[key])
+    assert set(a["mape"]) == {"before", "refit"}         # the bias is never inside refit
+    for stage in a["mape"].values():
+        assert {"ttft", "tpot", "ratio"} <= set(stage)
+    assert {"ttft", "tpot", "ratio"} <= set(a["bias"]["mape_with_bias"])
     for c in a["configs"]:
-        assert {"predicted", "measured", "error_before_pct", "error_after_pct"} <= set(c)
+        assert {"predicted", "measured", "predicted_refit", "error_pct"} <= set(c)
+        assert set(c["error_pct"]) == {"before", "refit", "with_bias"}
 
 
 def _local_plan(tmp_path, strategy=None):

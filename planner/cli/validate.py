@@ -94,23 +94,22 @@ def _f(x, d=2):
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{'configuration':<28}{'TTFT ms pred/meas':>20}{'err %':>8}{'after':>8}"
-             f"{'TPOT ms pred/meas':>20}{'err %':>8}{'after':>8}"]
+    lines = [f"{'configuration':<28}{'TTFT ms pred/meas':>20}{'err %':>8}{'refit':>8}"
+             f"{'TPOT ms pred/meas':>20}{'err %':>8}{'refit':>8}"]
     for c in r["configs"]:
-        p, m, a = c["predicted"], c["measured"], c["error_after_pct"]
-        e = c["error_before_pct"]
+        p, m, e = c["predicted"], c["measured"], c["error_pct"]
         lines.append(f"{c['label']:<28}{_f(p['ttft_ms']):>9} /{_f(m['ttft_ms']):>9}"
-                     f"{_f(e['ttft_ms'], 1):>8}{_f(a['ttft_ms'], 1):>8}"
+                     f"{_f(e['before']['ttft_ms'], 1):>8}{_f(e['refit']['ttft_ms'], 1):>8}"
                      f"{_f(p['tpot_ms']):>9} /{_f(m['tpot_ms']):>9}"
-                     f"{_f(e['tpot_ms'], 1):>8}{_f(a['tpot_ms'], 1):>8}")
-    for when in ("before", "after"):
-        s = r[when]
-        lines.append(f"{when:>6} refit: MAPE TTFT {_f(s['mape_ttft'], 1)} %, TPOT "
-                     f"{_f(s['mape_tpot'], 1)} %, FA Pool / baseline ratio "
-                     f"{_f(s['mape_ratio'], 1)} %")
+                     f"{_f(e['before']['tpot_ms'], 1):>8}{_f(e['refit']['tpot_ms'], 1):>8}")
+    stages = dict(r["mape"], **{"with bias": r["bias"]["mape_with_bias"]})
+    for when, s in stages.items():
+        lines.append(f"{when:>9}: MAPE TTFT {_f(s['ttft'], 1)} %, TPOT {_f(s['tpot'], 1)} %, "
+                     f"FA Pool / static ratio {_f(s['ratio'], 1)} %")
     hosts = [c["host_overhead_us"] for c in r["configs"] if "host_overhead_us" in c]
     if hosts:
         lines.append(f"host time per op fitted without each configuration: "
                      f"{min(hosts):.1f}-{max(hosts):.1f} us")
-    lines.append(f"measured = {r['measure']}; after = {r['holdout']}; store {r['store']}")
+    lines.append(f"measured = {r['measure']}; refit = {r['holdout']}; bias (not in refit) = "
+                 f"{r['bias']['note']}; store {r['store']}")
     return "\n".join(lines)
