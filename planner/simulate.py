@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import simpy
 
 from calibration.errors import InputError
 from calibration.profile import Profile
@@ -26,9 +25,8 @@ from planner.layout import Layout, build_layout
 from planner.memory import memory_check
 from planner.model import ModelSpec
 from planner.result import SimResult
-from planner.sim.engine import Machine
-from planner.sim.fapool import FAPoolProgram, deal, fapool_units
-from planner.sim.static import StaticProgram, static_units
+from planner.schedule import build_schedule, microbatch_rows, plan_units
+from planner.sim.run import run_schedule, sim_units, steady_period
 from planner.strategy import StaticStrategy, Strategy
 from planner.workload import Workload
 
@@ -47,53 +45,36 @@ class PhaseRun:
     events: list = field(default_factory=list)
 
 
-def _program(cm: CostModel, layout: Layout, pool: int):
-    if isinstance(layout.strategy, StaticStrategy):
-        return StaticProgram(cm, layout), static_units(layout)
-    return FAPoolProgram(cm, layout, pool), fapool_units(layout, pool)
-
-
-def _run_phase(program, units, phase: str, sizes: list, q_len: int, kv_len: int,
-               record: bool) -> tuple:
-    """(machine, finish time of each micro-batch) of one pass of sizes[i]-sequence
-    micro-batches with q_len new tokens against kv_len keys."""
-    env = simpy.Environment()
-    machine = Machine(env, units, phase, record,
-                      cores_per_node=program.layout.cluster.cores_per_node,
-                      host_s=program.cm.profile.host.op_overhead_s)
-    done = []
-    for mb, seqs in enumerate(sizes):
-        env.process(program.microbatch(machine, mb, seqs, q_len, kv_len, done))
-    env.run()
-    return machine, done
-
-
-def _prefill(program, units, wl: Workload, microbatches: int, record: bool) -> PhaseRun:
-    sizes = deal(wl.batch, microbatches)
-    simulated = sizes[:SIM_MICROBATCHES]
-    machine, done = _run_phase(program, units, "prefill", simulated, wl.input_len,
-                               wl.input_len, record)
-    finishes = sorted(done)
-    ttft = finishes[-1]
+def _prefill(cm: CostModel, layout: Layout, wl: Workload, microbatches: int,
+             record: bool) -> PhaseRun:
+    rows = microbatch_rows(wl.batch, microbatches)
+    simulated = tuple(rows[:SIM_MICROBATCHES])
+    machine, ttft, finishes = run_schedule(cm, build_schedule(layout, simulated, wl.input_len),
+                                           record)
     scale = 1.0
-    if len(simulated) < len(sizes):
-        k = len(finishes) // 2      # the second half of the run is past the pipeline fill
-        period = (finishes[-1] - finishes[-1 - k]) / k
-        ttft += (len(sizes) - len(simulated)) * period
-        scale = len(sizes) / len(simulated)
+    if len(simulated) < len(rows):
+        ttft += (len(rows) - len(simulated)) * steady_period(finishes)
+        scale = len(rows) / len(simulated)
     busy = {u: t * scale for u, t in machine.busy.items()}
     return PhaseRun(ttft, busy, machine.comm_time * scale, machine.op_time * scale,
                     machine.events)
 
 
-def _decode(program, units, wl: Workload, microbatches: int, record: bool) -> PhaseRun:
+def decode_step(wl: Workload) -> int:
+    """The decode step simulated for TPOT: the middle of generation, so its context
+    (input + step keys) gives the average TPOT (K/V reads grow linearly with context)."""
+    return max(1, wl.output_len // 2)
+
+
+def _decode(cm: CostModel, layout: Layout, wl: Workload, microbatches: int,
+            record: bool) -> PhaseRun:
     """One decode step of the whole batch.  Steps are synchronous, as the executor runs
     them: every sequence's next token is sampled before the next step starts, so a step's
     makespan (pipeline fill and drain included) is the TPOT."""
-    sizes = deal(wl.batch, microbatches)
-    machine, done = _run_phase(program, units, "decode", sizes, 1, wl.decode_context, record)
-    return PhaseRun(max(done), machine.busy, machine.comm_time, machine.op_time,
-                    machine.events)
+    rows = tuple(microbatch_rows(wl.batch, microbatches))
+    schedule = build_schedule(layout, rows, wl.input_len, decode_step(wl))
+    machine, tpot, _ = run_schedule(cm, schedule, record)
+    return PhaseRun(tpot, machine.busy, machine.comm_time, machine.op_time, machine.events)
 
 
 def decode_microbatches(strategy: Strategy, batch: int) -> int:
@@ -108,10 +89,10 @@ def decode_microbatches(strategy: Strategy, batch: int) -> int:
 def _run(profile: Profile, layout: Layout, wl: Workload, phase: str, microbatches: int,
          record: bool) -> tuple:
     cm = CostModel(profile, layout.cluster, layout.model.dtype_bytes)
-    program, units = _program(cm, layout, layout.strategy.pool_size(wl.input_len))
-    prefill = _prefill(program, units, wl, microbatches, record) if phase != "decode" else None
-    decode = (_decode(program, units, wl, decode_microbatches(layout.strategy, wl.batch),
+    prefill = _prefill(cm, layout, wl, microbatches, record) if phase != "decode" else None
+    decode = (_decode(cm, layout, wl, decode_microbatches(layout.strategy, wl.batch),
                       record) if phase != "prefill" else None)
+    units = sim_units(layout, plan_units(layout, layout.strategy.pool_size(wl.input_len)))
     return units, prefill, decode
 
 

@@ -1,1 +1,1 @@
-"""The simpy machine (engine) and the per-strategy programs that run on it."""
+"""The simpy machine (engine) and the runner that costs and runs a schedule on it."""

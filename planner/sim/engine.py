@@ -1,13 +1,14 @@
-"""simpy machinery: compute units and links as resources, ops as timed holds.
+"""simpy machinery: units run their schedule programs; links and NICs are resources.
 
-A *unit* is what executes in lockstep: a TP group (all its ranks run the same kernel at the
-same time) or a single pool GPU.  Each unit has a compute stream and an NVLink port
-("nvl:<unit>"); each node has its NICs ("nic:<node>").  An op holds the resources it uses
-for its duration (a link is a resource plus a delay, as in SimPy's examples), so concurrent
-transfers on one port or NIC queue behind each other and overlap only where hardware can.
-Resources are always requested in sorted order, so ops holding several never deadlock, and
-waiting ops are served earliest micro-batch first (the in-order schedule of GPipe-style
-inference), so micro-batches finish one after another.
+A *unit* (planner.schedule) runs in lockstep: a TP group or one pool GPU.  Each unit runs its
+program as one simpy process, op after op, as a rank of the executor does: compute holds
+the unit for its time (and, on a CPU cluster, one core per rank); a posted transfer
+(isend / irecv / ibroadcast) returns at once and is completed by a later wait; a blocking
+one waits for its transfer.  A transfer starts when every unit it involves has posted its
+side (a rendezvous, as NCCL's), then holds one lane of each endpoint's port (a unit has as
+many lanes as ranks) and, between nodes, one NIC of each node it crosses, for its time.
+A collective inside a unit holds all of the unit's lanes (and its nodes' NICs).  Resources
+are taken in sorted order, each atomically, so transfers never deadlock one another.
 """
 
 from __future__ import annotations
@@ -25,12 +26,6 @@ class Unit:
     role: str          # "base" (TP group / pipeline stage) or "pool"
     ranks: tuple
     nodes: tuple
-    port: str = ""     # its NVLink port resource; pool GPUs share one ("nvl:pool"), as
-                       # every transfer to or from the pool involves all of them at once
-
-    @property
-    def link(self) -> str:
-        return self.port or f"nvl:{self.name}"
 
 
 @dataclass
@@ -48,104 +43,122 @@ class Event:
 
 
 @dataclass
+class Transfer:
+    """One message (or cross-unit broadcast) between units, as both ends post it."""
+    parties: frozenset                   # units that must post before it starts
+    done: simpy.Event
+    posted: set = field(default_factory=set)
+
+
+@dataclass
 class Machine:
     env: simpy.Environment
     units: dict                          # name -> Unit
     phase: str = "prefill"
     record: bool = True
+    cores_per_node: int = 0              # >0: compute ops of a node share this many cores
+    nics_per_node: int = 1
+    host_s: float = 0.0                  # host time per issued op (profile.host)
     events: list = field(default_factory=list)
-    busy: dict = field(default_factory=dict)     # unit -> compute seconds
-    comm_time: float = 0.0                       # seconds of comm ops
+    busy: dict = field(default_factory=dict)     # unit -> compute (+ host) seconds
+    comm_time: float = 0.0                       # seconds of transfers and collectives
     op_time: float = 0.0                         # seconds of all ops
-    resources: dict = field(default_factory=dict)
-    cores_per_node: int = 0      # >0: compute ops of a node share this many CPU cores
-    cores: dict = field(default_factory=dict)    # node -> simpy.Container of free cores
-    host_s: float = 0.0          # host time per op on its issuing unit (profile.host)
+    pools: dict = field(default_factory=dict)    # resource name -> simpy.Container
+    transfers: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.cores_per_node:
-            for node in sorted({n for u in self.units.values() for n in u.nodes}):
-                self.cores[node] = simpy.Container(self.env, self.cores_per_node,
-                                                   init=self.cores_per_node)
         for unit in self.units.values():
-            self.resources[unit.name] = simpy.PriorityResource(self.env, capacity=1)
-            self.resources.setdefault(unit.link, simpy.PriorityResource(self.env, capacity=1))
+            self.pools[f"port:{unit.name}"] = simpy.Container(self.env, len(unit.ranks),
+                                                              init=len(unit.ranks))
             for node in unit.nodes:
-                self.resources.setdefault(f"nic:{node}",
-                                          simpy.PriorityResource(self.env, capacity=1))
+                self.pools.setdefault(f"nic:{node}", simpy.Container(
+                    self.env, self.nics_per_node, init=self.nics_per_node))
+                if self.cores_per_node:
+                    self.pools.setdefault(f"cores:{node}", simpy.Container(
+                        self.env, self.cores_per_node, init=self.cores_per_node))
 
-    def link_resources(self, unit_names) -> list:
-        """NVLink ports of the units, plus the NICs of their nodes if they span nodes."""
-        names = sorted({self.units[u].link for u in unit_names})
+    # ------------------------------------------------------------ resources
+    def _hold(self, need: dict, seconds: float):
+        """Process: take `need` (resource -> count) in sorted order, hold, give back."""
+        for name in sorted(need):
+            yield self.pools[name].get(need[name])
+        yield self.env.timeout(seconds)
+        for name in sorted(need):
+            yield self.pools[name].put(need[name])
+
+    def _cores(self, unit: Unit) -> dict:
+        if not self.cores_per_node:
+            return {}
+        per_node = -(-len(unit.ranks) // len(unit.nodes))     # ranks are packed by node
+        return {f"cores:{n}": min(per_node, self.cores_per_node) for n in unit.nodes}
+
+    def _links(self, unit_names, lanes_each: int = 1) -> dict:
+        """One lane of each unit's port (or lanes_each), plus NICs if nodes differ."""
+        need = {f"port:{u}": min(lanes_each, len(self.units[u].ranks)) for u in unit_names}
         nodes = sorted({n for u in unit_names for n in self.units[u].nodes})
         if len(nodes) > 1:
-            names += [f"nic:{n}" for n in nodes]
-        return names
+            for n in nodes:
+                need[f"nic:{n}"] = min(lanes_each, self.nics_per_node)
+        return need
 
-    def run(self, op: OpCost, unit_names, mb: int = 0, layer: int = -1):
-        """Process: hold the op's resources for op.seconds (compute: the units' streams;
-        comm: their links).  Queued requests are served earliest micro-batch first.
-        With host time (host_s > 0) a compute op holds its streams host_s longer, and a
-        transfer first holds its issuer's stream (unit_names[0]) for host_s to post it."""
-        if op.seconds <= 0:
-            return
-        unit_names = tuple(unit_names)
-        if self.host_s > 0 and op.kind == "comm":
-            yield from self._host(unit_names[0], mb)
-        held = unit_names if op.kind == "compute" else self.link_resources(unit_names)
-        requests = []
-        for name in sorted(held):
-            req = self.resources[name].request(priority=mb)
-            yield req
-            requests.append((name, req))
-        cores = self._cores(unit_names) if op.kind == "compute" and self.cores else {}
-        for node, count in cores.items():    # one core per rank, atomically per node
-            yield self.cores[node].get(count)
+    # ------------------------------------------------------------ ops
+    def host(self, unit: str, ops: int):
+        """Process: host time of `ops` issued operations on the unit (Python, dispatch)."""
+        if self.host_s > 0 and ops:
+            yield self.env.timeout(self.host_s * ops)
+            self.busy[unit] = self.busy.get(unit, 0.0) + self.host_s * ops
+
+    def compute(self, cost: OpCost, unit: str, mb: int, layer: int):
+        """Process: a compute op on the unit (its cores held on a CPU cluster)."""
         start = self.env.now
-        yield self.env.timeout(op.seconds + (self.host_s if op.kind == "compute" else 0.0))
-        for node, count in cores.items():
-            yield self.cores[node].put(count)
-        for name, req in requests:
-            self.resources[name].release(req)
-        self._account(op, unit_names, start, mb, layer)
+        yield from self._hold(self._cores(self.units[unit]), cost.seconds)
+        self.busy[unit] = self.busy.get(unit, 0.0) + cost.seconds
+        self._account(cost, (unit,), start, mb, layer)
 
-    def _host(self, unit: str, mb: int):
-        """Process: the issuing unit's host time for posting a transfer (its stream held)."""
-        with self.resources[unit].request(priority=mb) as req:
-            yield req
-            yield self.env.timeout(self.host_s)
-        self.busy[unit] = self.busy.get(unit, 0.0) + self.host_s
+    def compute_run(self, run: list, unit: str):
+        """Process: consecutive compute ops [(op, OpCost)] of a unit with no cores to
+        share, as one hold (each op's host time included); events recorded per op."""
+        start = self.env.now
+        total = sum(c.seconds for _, c in run) + self.host_s * len(run)
+        yield self.env.timeout(total)
+        self.busy[unit] = self.busy.get(unit, 0.0) + total
+        at = start
+        for op, cost in run:
+            at += self.host_s
+            self.op_time += cost.seconds
+            if self.record and cost.seconds > 0:
+                self.events.append(Event(cost.name, "compute", (unit,), at, at + cost.seconds,
+                                         op.mb, op.layer, self.phase))
+            at += cost.seconds
 
-    def _cores(self, unit_names) -> dict:
-        """node -> cores a compute op on these units occupies (one per rank)."""
-        need = {}
-        for u in unit_names:
-            unit = self.units[u]
-            per_node = -(-len(unit.ranks) // len(unit.nodes))   # ranks are packed by node
-            for node in unit.nodes:
-                need[node] = need.get(node, 0) + per_node
-        return {n: min(c, self.cores_per_node) for n, c in sorted(need.items())}
+    def collective(self, cost: OpCost, unit: str, mb: int, layer: int):
+        """Process: a collective among the unit's own ranks (all its lanes held)."""
+        start = self.env.now
+        u = self.units[unit]
+        yield from self._hold(self._links([unit], len(u.ranks)), cost.seconds)
+        self._account(cost, (unit,), start, mb, layer)
 
-    def run_sequence(self, ops, unit_names, mb: int = 0, layer: int = -1):
-        """Process: ops one after the other on the same units."""
-        for op in ops:
-            yield from self.run(op, unit_names, mb, layer)
+    def post(self, key: tuple, parties, me: str, cost: OpCost, mb: int, layer: int):
+        """Post this unit's side of transfer `key`; returns its done event.  The transfer
+        runs once every party has posted."""
+        t = self.transfers.get(key)
+        if t is None:
+            t = self.transfers[key] = Transfer(frozenset(parties), self.env.event())
+        t.posted.add(me)
+        if t.posted == t.parties:
+            self.env.process(self._transfer(t, cost, mb, layer))
+        return t.done
 
-    def lock(self, name: str) -> simpy.PriorityResource:
-        """A named one-at-a-time section (e.g. a pool serving one request at a time),
-        created on first use.  Held only between ops, never while waiting for one, so it
-        cannot deadlock with the op resources."""
-        if name not in self.resources:
-            self.resources[name] = simpy.PriorityResource(self.env, capacity=1)
-        return self.resources[name]
+    def _transfer(self, t: Transfer, cost: OpCost, mb: int, layer: int):
+        start = self.env.now
+        yield from self._hold(self._links(sorted(t.parties)), cost.seconds)
+        self._account(cost, tuple(sorted(t.parties)), start, mb, layer)
+        t.done.succeed()
 
-    def _account(self, op: OpCost, unit_names: tuple, start: float, mb: int, layer: int):
-        self.op_time += op.seconds
-        if op.kind == "comm":
-            self.comm_time += op.seconds
-        else:
-            for u in unit_names:   # the op and its host time (Machine.host_s)
-                self.busy[u] = self.busy.get(u, 0.0) + self.env.now - start
-        if self.record:
-            self.events.append(Event(op.name, op.kind, unit_names, start, self.env.now, mb,
+    def _account(self, cost: OpCost, units: tuple, start: float, mb: int, layer: int):
+        self.op_time += cost.seconds
+        if cost.kind == "comm":
+            self.comm_time += cost.seconds
+        if self.record and cost.seconds > 0:
+            self.events.append(Event(cost.name, cost.kind, units, start, self.env.now, mb,
                                      layer, self.phase))
