@@ -40,7 +40,7 @@ def _split_efficiency_in_process(spec, seq: int, pool: int, balanced: bool,
     import torch
 
     from executor.attention import causal_block
-    from executor.pool import q_segments
+    from planner.schedule import query_blocks as q_segments
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)

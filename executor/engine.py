@@ -3,17 +3,17 @@ requests alternating), gather timings and verify records to rank 0, which verifi
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 
 import torch
 import torch.distributed as dist
 
-from executor.fapool import BaseRank, PoolRank
 from executor.groups import build_groups
 from executor.measure import COMPUTE, Timer, overlap, wall
 from executor.model import make_weights
-from executor.pipeline import StageRank
+from executor.program import RankProgram, Recorder
 from executor.runtime import Runtime
 from planner.plan import Plan
 from planner.strategy import FAPoolStrategy
@@ -38,15 +38,10 @@ def maybe_fault(rank: int) -> None:
             time.sleep(3600)
 
 
-def _role(rt: Runtime, weights):
+def _in_schedule(rt: Runtime) -> bool:
+    """Whether this rank runs anything: pool ranks beyond the activated pool idle."""
     info = rt.groups.info
-    if info is None:
-        return None
-    if isinstance(rt.plan.strategy, FAPoolStrategy):
-        if info.role == "base":
-            return BaseRank(rt, weights)
-        return PoolRank(rt, info.index) if info.index < rt.pool_size else None
-    return StageRank(rt, weights)
+    return info is not None and (info.role != "pool" or info.index < rt.pool_size)
 
 
 def _assemble(records: dict, layers: int, steps: int) -> dict:
@@ -67,11 +62,16 @@ class Case:
                  steps: int = 1):
         self.plan, self.rank, self.device, self.heartbeat = plan, rank, device, heartbeat
         self.verify, self.warmup, self.steps = verify, warmup, steps
+        if balanced and isinstance(plan.strategy, FAPoolStrategy):
+            plan = dataclasses.replace(plan, strategy=dataclasses.replace(plan.strategy,
+                                                                          balanced=True))
+            self.plan = plan
         self.groups = build_groups(plan, rank)
         self.timer = Timer(device, heartbeat)
-        self.rt = Runtime(plan, self.groups, device, self.timer, balanced=balanced or getattr(
-            plan.strategy, "balanced", False))
+        self.recorder = Recorder()
+        self.rt = Runtime(plan, self.groups, device, self.timer)
         self.ttft, self.tpot, self.generated = [], [], None
+        self.ops: list = []                      # per step: the recorder's rows
         if not self.groups.in_plan:
             return
         spec, wl = plan.model, plan.workload
@@ -79,30 +79,44 @@ class Case:
         gen = torch.Generator().manual_seed(plan.executor.seed + 1)
         self.prompt = torch.randint(spec.vocab, (wl.batch, wl.input_len),
                                     generator=gen).to(device)                # (b, n)
-        self.role = _role(self.rt, self.weights)
-        self.holds_tokens = self.role is not None and (not hasattr(self.role, "stage")
-                                                       or self.role.stage == 0)
+        self.role = (RankProgram(self.rt, self.weights, self.groups, self.recorder)
+                     if _in_schedule(self.rt) else None)
+        info = self.groups.info
+        # ranks that embed the tokens: FA Pool's base, static stage 0
+        self.holds_tokens = info.role == "base" or (info.role == "stage" and info.stage == 0)
 
-    def request(self, rep: int) -> None:
-        """Request rep (warm-up while rep < warmup): prefill, then decode_steps steps."""
+    def _step(self, tokens, step: int):
+        """One step of this rank's program; the recorder's rows kept per step."""
+        if self.role is None:
+            return None
+        self.recorder.rows = []
+        out = self.role.run(self.rt.schedule(step), tokens)
+        if self.recorder.enabled:
+            self.ops.append(self.recorder.rows)
+        return out
+
+    def request(self, rep: int, record_ops: bool = False) -> None:
+        """Request rep (warm-up while rep < warmup): prefill, then decode_steps steps.
+        record_ops: the recorder writes down every op of this request (op-sequence test)."""
         if not self.groups.in_plan:
             return
         rt, role, timer, device = self.rt, self.role, self.timer, self.device
         timed = rep >= self.warmup
         timer.enabled = timed
         rt.record = self.verify and rep == self.warmup + self.steps - 1
+        self.recorder.enabled = record_ops
         if rep == self.warmup:
             maybe_fault(self.rank)
         with timer.op("barrier", comm=True):
             dist.barrier(group=self.groups.world)
         t0 = wall(device)
-        tok = role.step(self.prompt if self.holds_tokens else None, 0) if role else None
+        tok = self._step(self.prompt if self.holds_tokens else None, 0)
         t1 = prefill_end = wall(device)
         out = [tok]
         decode_times = []
         for t in range(1, rt.decode_steps + 1):
             fed = tok[:, None] if tok is not None and self.holds_tokens else None
-            tok = role.step(fed, t) if role else None
+            tok = self._step(fed, t)
             t2 = wall(device)
             decode_times.append(t2 - t1)
             t1 = t2
@@ -121,7 +135,7 @@ class Case:
         plan, rt, timer, spec = self.plan, self.rt, self.timer, self.plan.model
         self.heartbeat.set(COMPUTE, "gather results")
         mine = {"timings": timer.records(), "records": rt.records, "trace": timer.trace,
-                "role": self.groups.info.role}
+                "role": self.groups.info.role, "ops": self.ops}
         gathered = [None] * plan.world_size if self.rank == 0 else None
         with timer.op("gather_results", comm=True):
             dist.gather_object(mine, gathered, dst=0, group=self.groups.world)
@@ -129,8 +143,9 @@ class Case:
             return None
         result = {"ttft_s": self.ttft, "tpot_s": self.tpot,
                   "per_rank_timings": [g["timings"] for g in gathered],
-                  "pool_size": rt.pool_size, "microbatches": len(rt.mb_rows),
-                  "balanced": rt.balanced}
+                  "pool_size": rt.pool_size, "microbatch_rows": [b - a for a, b in rt.rows],
+                  "balanced": bool(getattr(plan.strategy, "balanced", False)),
+                  "ops_per_rank": [g["ops"] for g in gathered]}
         if rt.pool_size and self.device.type == "cpu":
             base = [iv[1:] for g in gathered if g["role"] == "base" for iv in g["trace"]
                     if iv[0] == "ffn"]
@@ -151,7 +166,8 @@ class Case:
 
 
 def run_cases(plans: list, rank: int, device: torch.device, heartbeat, steps: int = 1,
-              verify: bool = False, balanced: bool = False, warmup: int = 1) -> list:
+              verify: bool = False, balanced: bool = False, warmup: int = 1,
+              record_ops: bool = False) -> list:
     """Every launched rank calls this with the same arguments.  The plans' requests
     alternate (request r of every plan, then request r + 1), so a machine that slows down
     for a while slows every plan alike instead of whichever ran then.  Rank 0 returns the
@@ -161,7 +177,7 @@ def run_cases(plans: list, rank: int, device: torch.device, heartbeat, steps: in
         torch.manual_seed(plan.executor.seed)
         cases.append(Case(plan, rank, device, heartbeat, verify, balanced, warmup, steps))
     for rep in range(warmup + steps):
-        for case in cases:
-            case.request(rep)
+        for case in cases:       # the recorder writes down the last request
+            case.request(rep, record_ops and rep == warmup + steps - 1)
     return [case.finish() for case in cases]
 

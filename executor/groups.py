@@ -2,7 +2,9 @@
 
 torch.distributed.new_group must be called by every process of the default group, even
 those not in the new group, in the same order; so every rank walks the same list here.
-Roles come from the plan's layout (planner.layout), never from guesses.
+Groups are looked up by their member ranks, as the schedule (planner.schedule) names them:
+each TP group (FA Pool's base, each static stage) and, for every pool size the plan can
+activate and every base lane i, the broadcast group (base lane i,) + the pool's ranks.
 """
 
 from __future__ import annotations
@@ -21,38 +23,30 @@ class Groups:
     rank: int
     info: RankInfo | None            # None: this process is beyond the plan's world size
     world: object                    # ranks [0, plan.world_size)
-    tp: object | None = None         # this rank's TP group (FA Pool base or its static stage)
-    tp_ranks: tuple = ()
-    pool: dict = field(default_factory=dict)   # pool size P -> group [base root] + P pool ranks
-    pool_members: dict = field(default_factory=dict)   # P -> tuple of global ranks
-    stage_ranks: list = field(default_factory=list)    # static: TP ranks of every stage
+    by_ranks: dict = field(default_factory=dict)   # member ranks (tuple) -> group
 
     @property
     def in_plan(self) -> bool:
         return self.info is not None
 
 
+def group_members(plan: Plan) -> list:
+    """Every group the plan's schedules use, in creation order."""
+    layout, s = plan.layout, plan.strategy
+    if not isinstance(s, FAPoolStrategy):
+        return [tuple(layout.stage_ranks(i)) for i in range(s.pp)]
+    base, pool = tuple(layout.base_ranks), tuple(layout.pool_ranks)
+    out = [base]
+    for size in plan.pool_sizes():
+        out += [(b,) + pool[:size] for b in base]
+    return out
+
+
 def build_groups(plan: Plan, rank: int) -> Groups:
     """Every rank calls this with the same plan; group creation order is fixed."""
-    layout = plan.layout
-    world_ranks = list(range(plan.world_size))
-    info = layout.ranks[rank] if rank < plan.world_size else None
-    groups = Groups(rank, info, dist.new_group(world_ranks))
-    if isinstance(plan.strategy, FAPoolStrategy):
-        base = tuple(layout.base_ranks)
-        g = dist.new_group(list(base))
-        if rank in base:
-            groups.tp, groups.tp_ranks = g, base
-        pool = layout.pool_ranks
-        for size in plan.pool_sizes():
-            members = (base[0],) + tuple(pool[:size])
-            groups.pool[size] = dist.new_group(list(members))
-            groups.pool_members[size] = members
-    else:
-        for stage in range(plan.strategy.pp):
-            ranks = tuple(layout.stage_ranks(stage))
-            groups.stage_ranks.append(ranks)
-            g = dist.new_group(list(ranks))
-            if rank in ranks:
-                groups.tp, groups.tp_ranks = g, ranks
+    info = plan.layout.ranks[rank] if rank < plan.world_size else None
+    groups = Groups(rank, info, dist.new_group(list(range(plan.world_size))))
+    for members in group_members(plan):
+        g = dist.new_group(list(members))
+        groups.by_ranks.setdefault(members, g)
     return groups

@@ -26,7 +26,8 @@ def summary(plan: Plan, res: dict) -> dict:
     out = {
         "plan_id": plan.plan_id, "strategy": s.describe(), "world_size": plan.world_size,
         "batch": wl.batch, "seq_len": wl.input_len, "output_len": wl.output_len,
-        "pool_size": res["pool_size"], "microbatches": res["microbatches"],
+        "pool_size": res["pool_size"], "microbatches": len(res["microbatch_rows"]),
+        "microbatch_rows": res["microbatch_rows"],
         "balanced": res["balanced"], "dtype": plan.executor.dtype,
         "decode_kv": getattr(s, "decode_kv", None),
         "steps": len(res["ttft_s"]),
@@ -43,6 +44,8 @@ def summary(plan: Plan, res: dict) -> dict:
         out["overlap"] = res["overlap"]
     if "verify" in res:
         out["verify"] = res["verify"]
+    if any(res.get("ops_per_rank") or ()):
+        out["ops_per_rank"] = res["ops_per_rank"]
     return out
 
 
@@ -64,7 +67,7 @@ def write_store(path, plan: Plan, res: dict, summ: dict, backend: str, world: in
     e2e = {"strategy": s.kind, "seq_len": plan.workload.input_len,
            "batch": plan.workload.batch, "output_len": plan.workload.output_len,
            "pool_gpus": res["pool_size"], "tp": tp, "pp": pp,
-           "microbatches": res["microbatches"], "balanced": res["balanced"],
+           "microbatches": len(res["microbatch_rows"]), "balanced": res["balanced"],
            "ttft_ms": summ["ttft_ms"], "tpot_ms": summ["tpot_ms"], "tps": summ["tps"]}
     store = Store(path)
     try:

@@ -73,6 +73,7 @@ COMPUTE = ("gemm", "attention", "memory", "ffn")
 POSTS = ("isend", "irecv", "ibroadcast")          # non-blocking: completed by a later wait
 BLOCKING = ("send", "recv", "broadcast")
 COLLECTIVES = ("all_reduce", "all_gather")      # inside one unit (its TP group)
+MESSAGES = ("q", "kv", "out", "act", "token")     # labels of messages between units
 LOGIT_BYTES = 4                                   # logits gathered in fp32
 TOKEN_BYTES = 8                                   # sampled token ids (int64)
 
@@ -246,8 +247,25 @@ class Schedule:
     def unit_of(self, rank: int) -> Unit:
         return next(u for u in self.units.values() if rank in u.ranks)
 
+    def tag(self, op: Op, lane: int) -> int:
+        """A p2p tag unique within a step per (label, layer, micro-batch, lane), for
+        backends that match by tag (gloo); NCCL matches by issue order alone."""
+        width = max(len(u.ranks) for u in self.units.values())
+        slot = ((op.layer + 1) * len(self.rows) + op.mb) * len(MESSAGES) + MESSAGES.index(
+            op.label)
+        return slot * width + lane
+
+    @cached_property
+    def _rank_programs(self) -> dict:
+        return {}
+
     def rank_program(self, rank: int) -> list:
         """(op, lane, peer rank or group ranks) for every operation rank `rank` issues."""
+        if rank not in self._rank_programs:
+            self._rank_programs[rank] = self._expand(rank)
+        return self._rank_programs[rank]
+
+    def _expand(self, rank: int) -> list:
         unit = self.unit_of(rank)
         lane = unit.ranks.index(rank)
         out = []

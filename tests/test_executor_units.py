@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 from executor import attention  # noqa: E402
 from executor.model import make_weights  # noqa: E402
 from executor.parallel import assemble_kv, shard_layer, tp_shard  # noqa: E402
-from executor.pool import q_segments, subtree, tree_children  # noqa: E402
+from planner.schedule import query_blocks as q_segments  # noqa: E402
+from planner.schedule import subtree, tree_children  # noqa: E402
 from executor.reference import forward, naive_attention, verify  # noqa: E402
 from planner.model import PRESETS  # noqa: E402
 
