@@ -4,11 +4,13 @@ A *unit* (planner.schedule) runs in lockstep: a TP group or one pool GPU.  Each 
 program as one simpy process, op after op, as a rank of the executor does: compute holds
 the unit for its time (and, on a CPU cluster, one core per rank); a posted transfer
 (isend / irecv / ibroadcast) returns at once and is completed by a later wait; a blocking
-one waits for its transfer.  A transfer starts when every unit it involves has posted its
-side (a rendezvous, as NCCL's), then holds one lane of each endpoint's port (a unit has as
-many lanes as ranks) and, between nodes, one NIC of each node it crosses, for its time.
-A collective inside a unit holds all of the unit's lanes (and its nodes' NICs).  Resources
-are taken in sorted order, each atomically, so transfers never deadlock one another.
+one waits for its transfer.  A transfer is ready when every unit it involves has posted its
+side (a rendezvous, as NCCL's); it then takes one lane of each endpoint's port (a unit has
+as many lanes as ranks) and, between nodes, one NIC of each node it crosses, for its time.
+A collective inside a unit takes all of the unit's lanes (and its nodes' NICs).  Lanes are
+reserved first come, first served in order of readiness: a transfer starts when a lane of
+every resource it needs is free (`Lanes.reserve`), so it costs two simpy events however
+many resources it holds, and transfers never deadlock one another.
 """
 
 from __future__ import annotations
@@ -42,6 +44,32 @@ class Event:
     phase: str
 
 
+class Lanes:
+    """Free-from times of a resource's parallel lanes (NVLink ports, NICs)."""
+
+    def __init__(self, count: int):
+        self.free = [0.0] * count
+
+    def ready(self, count: int) -> float:
+        """When `count` lanes are free at once."""
+        return sorted(self.free)[count - 1]
+
+    def take(self, count: int, start: float, end: float) -> None:
+        self.free.sort()
+        for i in range(count):
+            assert self.free[i] <= start + 1e-15
+            self.free[i] = end
+
+
+def reserve(lanes: dict, need: dict, now: float, seconds: float) -> float:
+    """Reserve need[name] lanes of each resource from the earliest time all are free
+    (not before now) for `seconds`; returns the start."""
+    start = max([now] + [lanes[n].ready(c) for n, c in need.items()])
+    for n, c in need.items():
+        lanes[n].take(c, start, start + seconds)
+    return start
+
+
 @dataclass
 class Transfer:
     """One message (or cross-unit broadcast) between units, as both ends post it."""
@@ -63,23 +91,23 @@ class Machine:
     busy: dict = field(default_factory=dict)     # unit -> compute (+ host) seconds
     comm_time: float = 0.0                       # seconds of transfers and collectives
     op_time: float = 0.0                         # seconds of all ops
-    pools: dict = field(default_factory=dict)    # resource name -> simpy.Container
+    pools: dict = field(default_factory=dict)    # "cores:<node>" -> simpy.Container
+    lanes: dict = field(default_factory=dict)    # "port:<unit>" / "nic:<node>" -> Lanes
     transfers: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for unit in self.units.values():
-            self.pools[f"port:{unit.name}"] = simpy.Container(self.env, len(unit.ranks),
-                                                              init=len(unit.ranks))
+            self.lanes[f"port:{unit.name}"] = Lanes(len(unit.ranks))
             for node in unit.nodes:
-                self.pools.setdefault(f"nic:{node}", simpy.Container(
-                    self.env, self.nics_per_node, init=self.nics_per_node))
+                self.lanes.setdefault(f"nic:{node}", Lanes(self.nics_per_node))
                 if self.cores_per_node:
                     self.pools.setdefault(f"cores:{node}", simpy.Container(
                         self.env, self.cores_per_node, init=self.cores_per_node))
 
     # ------------------------------------------------------------ resources
     def _hold(self, need: dict, seconds: float):
-        """Process: take `need` (resource -> count) in sorted order, hold, give back."""
+        """Process: take `need` cores (resource -> count) in sorted order, hold, give
+        back (CPU clusters: compute ops of a node share its cores)."""
         for name in sorted(need):
             yield self.pools[name].get(need[name])
         yield self.env.timeout(seconds)
@@ -132,10 +160,11 @@ class Machine:
             at += cost.seconds
 
     def collective(self, cost: OpCost, unit: str, mb: int, layer: int):
-        """Process: a collective among the unit's own ranks (all its lanes held)."""
-        start = self.env.now
+        """Process: a collective among the unit's own ranks (all its lanes taken)."""
         u = self.units[unit]
-        yield from self._hold(self._links([unit], len(u.ranks)), cost.seconds)
+        start = reserve(self.lanes, self._links([unit], len(u.ranks)), self.env.now,
+                        cost.seconds)
+        yield self.env.timeout(start + cost.seconds - self.env.now)
         self._account(cost, (unit,), start, mb, layer)
 
     def post(self, key: tuple, parties, me: str, cost: OpCost, mb: int, layer: int):
@@ -145,20 +174,20 @@ class Machine:
         if t is None:
             t = self.transfers[key] = Transfer(frozenset(parties), self.env.event())
         t.posted.add(me)
-        if t.posted == t.parties:
-            self.env.process(self._transfer(t, cost, mb, layer))
+        if t.posted == t.parties:            # ready: reserve its lanes, done at its end
+            units = tuple(sorted(t.parties))
+            start = reserve(self.lanes, self._links(units), self.env.now, cost.seconds)
+            self.env.timeout(start + cost.seconds - self.env.now).callbacks.append(
+                lambda _: t.done.succeed())
+            self._account(cost, units, start, mb, layer, start + cost.seconds)
         return t.done
 
-    def _transfer(self, t: Transfer, cost: OpCost, mb: int, layer: int):
-        start = self.env.now
-        yield from self._hold(self._links(sorted(t.parties)), cost.seconds)
-        self._account(cost, tuple(sorted(t.parties)), start, mb, layer)
-        t.done.succeed()
-
-    def _account(self, cost: OpCost, units: tuple, start: float, mb: int, layer: int):
+    def _account(self, cost: OpCost, units: tuple, start: float, mb: int, layer: int,
+                 end: float | None = None):
         self.op_time += cost.seconds
         if cost.kind == "comm":
             self.comm_time += cost.seconds
         if self.record and cost.seconds > 0:
-            self.events.append(Event(cost.name, cost.kind, units, start, self.env.now, mb,
-                                     layer, self.phase))
+            self.events.append(Event(cost.name, cost.kind, units, start,
+                                     self.env.now if end is None else end, mb, layer,
+                                     self.phase))
