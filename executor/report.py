@@ -7,6 +7,7 @@ import statistics
 from collections import defaultdict
 
 from executor.measure import summarize_ops
+from planner import metrics
 from planner.plan import Plan
 from planner.strategy import FAPoolStrategy, StaticStrategy
 
@@ -14,15 +15,10 @@ from planner.strategy import FAPoolStrategy, StaticStrategy
 NOT_STORED = ("barrier", "gather_results", "wait_send", "wait_broadcast", "broadcast_post")
 
 
-def _median_ms(xs):
-    return statistics.median(xs) * 1e3 if xs else None
-
-
 def summary(plan: Plan, res: dict) -> dict:
     wl, s = plan.workload, plan.strategy
-    ttft, tpot = _median_ms(res["ttft_s"]), _median_ms(res["tpot_s"])
-    steps = wl.output_len - 1
-    request_s = (ttft + (tpot or 0.0) * steps) / 1e3
+    med = (lambda xs: statistics.median(xs) if xs else None)
+    measured = metrics.metrics(wl, med(res["ttft_s"]), med(res["tpot_s"]))
     out = {
         "plan_id": plan.plan_id, "strategy": s.describe(), "world_size": plan.world_size,
         "batch": wl.batch, "seq_len": wl.input_len, "output_len": wl.output_len,
@@ -31,13 +27,9 @@ def summary(plan: Plan, res: dict) -> dict:
         "balanced": res["balanced"], "dtype": plan.executor.dtype,
         "decode_kv": getattr(s, "decode_kv", None),
         "steps": len(res["ttft_s"]),
-        "ttft_ms": ttft, "tpot_ms": tpot,
+        **measured,                       # planner.metrics: TTFT, TPOT, TPS, decode TPS
         "ttft_ms_steps": [t * 1e3 for t in res["ttft_s"]],
         "tpot_ms_steps": [t * 1e3 for t in res["tpot_s"]],
-        # Output tokens per second of one request: batch * output_len / (TTFT + steps*TPOT).
-        "tps": wl.batch * wl.output_len / request_s,
-        # Decode throughput: batch tokens per TPOT.
-        "decode_tps": wl.batch / (tpot / 1e3) if tpot else None,
         "ops": summarize_ops(res["per_rank_timings"]),
     }
     if "overlap" in res:
@@ -68,7 +60,7 @@ def write_store(path, plan: Plan, res: dict, summ: dict, backend: str, world: in
            "batch": plan.workload.batch, "output_len": plan.workload.output_len,
            "pool_gpus": res["pool_size"], "tp": tp, "pp": pp,
            "microbatches": len(res["microbatch_rows"]), "balanced": res["balanced"],
-           "ttft_ms": summ["ttft_ms"], "tpot_ms": summ["tpot_ms"], "tps": summ["tps"]}
+           **{k: summ[k] for k in metrics.KEYS}}
     store = Store(path)
     try:
         with store.run(kind="executor", backend=backend, world_size=world,

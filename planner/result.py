@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from planner import metrics
+from planner.schedule import microbatch_rows
+
 from dataclasses import dataclass, field
 
 from planner.cluster import ClusterSpec
@@ -55,16 +58,16 @@ class SimResult:
         """Wall time of the batch: prefill, then output_len - 1 decode steps."""
         if self.prefill is None or self.decode is None:
             return None
-        return self.prefill.seconds + (self.workload.output_len - 1) * self.decode.seconds
+        return metrics.request_s(self.workload, self.ttft_s, self.tpot_s)
 
     @property
     def tps(self):
-        total = self.total_s
-        return None if not total else self.workload.total_tokens / total
+        return None if self.total_s is None else metrics.tps(self.workload, self.ttft_s,
+                                                             self.tpot_s)
 
     @property
     def decode_tps(self):
-        return None if not self.tpot_s else self.workload.batch / self.tpot_s
+        return metrics.decode_tps(self.workload, self.tpot_s)
 
     def _weighted(self):
         """(weight, PhaseRun) pairs covering one whole batch (or the phases simulated)."""
@@ -132,6 +135,10 @@ class SimResult:
             "pool_gpus": self.pool_gpus,
             "microbatches": self.microbatches,
             "decode_microbatches": self.decode_microbatches,
+            "microbatch_rows": [b - a for a, b in microbatch_rows(self.workload.batch,
+                                                                  self.microbatches)],
+            "decode_microbatch_rows": [b - a for a, b in microbatch_rows(
+                self.workload.batch, self.decode_microbatches)],
             "feasible": self.feasible,
             "infeasible_reasons": list(self.infeasible_reasons),
             "ttft_ms": _ms(self.ttft_s),

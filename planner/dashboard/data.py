@@ -23,6 +23,7 @@ from planner.model import ModelSpec
 from planner.memory import memory_check
 from planner.plan import make_plan, resolve_microbatches
 from planner.search import SearchSpace, search
+from planner import metrics
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, Strategy
 from planner.sweep import canonical as search_stand_in
@@ -66,16 +67,6 @@ def canonical(strategy: Strategy, seq_len: int) -> Strategy:
     return _with_pool(strategy, strategy.pool_size(seq_len), seq_len)
 
 
-def _tps_interval(wl: Workload, ttft_iv, tpot_iv):
-    """TPS bounds from the interval ends: slowest TTFT and TPOT together give the low TPS.
-    Conservative (wider than the TPS percentiles), as both ends are rarely drawn together."""
-    if not ttft_iv or not tpot_iv:
-        return None
-    steps = wl.output_len - 1
-    return [wl.total_tokens / (ttft_iv[1] + steps * tpot_iv[1]),
-            wl.total_tokens / (ttft_iv[0] + steps * tpot_iv[0])]
-
-
 def point(model: ModelSpec, cluster: ClusterSpec, profile: Profile, strategy: Strategy,
           workload: Workload, interval_samples: int = 0) -> dict:
     """One configuration's predictions: the `fapool simulate --json` object, plus a TPS
@@ -83,7 +74,8 @@ def point(model: ModelSpec, cluster: ClusterSpec, profile: Profile, strategy: St
     result = simulate(model, cluster, strategy, workload, profile=profile, record=False,
                       interval_samples=interval_samples)
     out = result.to_json()
-    out["tps_interval"] = _tps_interval(workload, result.ttft_interval, result.tpot_interval)
+    out["tps_interval"] = metrics.tps_interval(workload, result.ttft_interval,
+                                               result.tpot_interval)
     return out
 
 
