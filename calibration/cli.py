@@ -146,7 +146,11 @@ def _measure(args, out: Path) -> int:
                     params = {**params, "impl": impl}
                 run.add_sample(op=op, params=params, times_s=times, dtype=dtype)
 
-            microbench.run_compute(sweep, device, threads, on_sample)
+            # The executor's own kernels and its host time per op (calibrate what runs):
+            # the one place calibration reaches into the executor, and only here, at the
+            # command's entry, so calibration's modules stay free of it.
+            from executor import kernels
+            microbench.run_compute(sweep, device, threads, on_sample, kernels)
             deadline = 240.0 if args.quick else 1200.0
             microbench.run_collectives(sweep, backend, world, "loopback", on_sample,
                                        deadline_s=deadline)

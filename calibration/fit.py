@@ -31,7 +31,7 @@ from scipy.optimize import least_squares
 
 from calibration import curves
 from calibration.errors import InputError
-from calibration.profile import Curve, Link, Profile
+from calibration.profile import Curve, Host, Link, Profile
 
 MEASURED_SIGMA = 0.02
 TAG_SIGMA = {"M": 0.03, "D": 0.05, "C": 0.10, "S": 0.05}
@@ -410,6 +410,7 @@ def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float
         fits[lname] = fit
         link_objs[lname] = Link(lname, link_peaks[lname], fit.curve)
     prov = dict(provenance)
+    host = host_from_samples(samples)
     prov["peaks"] = ("measured, no datasheet: peak_flops = best measured GEMM/attention "
                      "FLOP/s; hbm_bandwidth = best measured memory-op (copy/norm/activation) "
                      "bandwidth; link peak_bandwidth = best measured bus bandwidth of any "
@@ -421,4 +422,18 @@ def fit_local(samples: list[dict], name: str, device_name: str, ram_bytes: float
     return Profile(name=name, device=device, gemm=fits["gemm"].curve,
                    attention=fits["attention"].curve, memory=fits["memory"].curve,
                    links=link_objs, description=f"this machine: {world_size} local processes "
-                   f"of {device_name}, joined by {', '.join(link_objs)}", provenance=prov)
+                   f"of {device_name}, joined by {', '.join(link_objs)}", provenance=prov,
+                   **({"host": host} if host else {}))
+
+
+def host_from_samples(samples: list[dict]):
+    """The host time per op measured directly (microbench "host_op": the executor's
+    interpreter around a no-op kernel), median and spread of every repeat; None if the
+    samples have none."""
+    times = [t for s in samples if s["op"] == "host_op" for t in s.get("times_s") or ()]
+    if not times:
+        return None
+    q25, q50, q75 = np.percentile(times, [25, 50, 75])
+    runs = sorted({s["run_id"] for s in samples if s["op"] == "host_op"})
+    return Host(float(q50), float((q75 - q25) / 1.349),        # IQR -> sigma (normal)
+                (f"measured: executor.kernels.host_overhead, runs {runs}",))

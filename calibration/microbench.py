@@ -195,15 +195,19 @@ def _memory_fn(device, dtype, kind, elements):
     x = torch.randn(elements // 4096, 4096, device=device, dtype=dtype)  # (rows, hidden)
     if kind == "norm":
         weight = torch.ones(4096, device=device, dtype=dtype)
-        return lambda: F.rms_norm(x, (4096,), weight, 1e-6)
+        return (lambda: F.rms_norm(x, (4096,), weight, 1e-6)), kind
     if kind == "activation":
-        return lambda: F.gelu(x)
+        return (lambda: F.gelu(x)), kind
     out = torch.empty_like(x)
-    return lambda: out.copy_(x)
+    return (lambda: out.copy_(x)), kind
 
 
-def compute_points(sw: Sweep, device: str):
-    """(op, params, builder) for every compute point of the sweep."""
+def compute_points(sw: Sweep, device: str, kernels=None):
+    """(op, params, builder) for every compute point of the sweep.  kernels: a module with
+    attention_fn and memory_fn (the executor's, executor.kernels, when `fapool calibrate`
+    runs them), else this module's plain torch ones."""
+    attention_fn = kernels.attention_fn if kernels else _attention_fn
+    memory_fn = kernels.memory_fn if kernels else _memory_fn
     dtype = compute_dtype(device)
     b = torch.tensor([], dtype=dtype).element_size()
     for t, k, n in sw.gemm:
@@ -215,28 +219,30 @@ def compute_points(sw: Sweep, device: str):
     for batch, q, kv, h, kvh, d, causal in sw.attention:
         params = {"batch": batch, "q_len": q, "kv_len": kv, "heads": h, "kv_heads": kvh,
                   "head_dim": d, "causal": causal, "dtype_bytes": b}
-        yield "attention", params, (lambda p=params: _attention_fn(
+        yield "attention", params, (lambda p=params: attention_fn(
             device, dtype, p["batch"], p["q_len"], p["kv_len"], p["heads"], p["kv_heads"],
             p["head_dim"], p["causal"]))
     for kind, elements in sw.memory:
         # bytes = read input + write output (the minimum traffic; the norm's weight is tiny)
         params = {"bytes": 2 * elements * b, "kind": kind}
-        yield "memory", params, (lambda kind=kind, e=elements: (
-            _memory_fn(device, dtype, kind, e), kind))
+        yield "memory", params, (lambda kind=kind, e=elements: memory_fn(device, dtype, kind, e))
 
 
-def run_compute(sw: Sweep, device: str, threads: int, on_sample) -> None:
-    """Time every compute point; on_sample(op, params, times_s, dtype, impl) stores it."""
+def run_compute(sw: Sweep, device: str, threads: int, on_sample, kernels=None) -> None:
+    """Time every compute point; on_sample(op, params, times_s, dtype, impl) stores it.
+    With kernels (executor.kernels), also the executor's host time per op ("host_op")."""
     if device == "cpu":
         torch.set_num_threads(threads)
     dtype_name = str(compute_dtype(device)).replace("torch.", "")
-    points = list(compute_points(sw, device))
+    points = list(compute_points(sw, device, kernels))
     with torch.inference_mode():
         for op, params, build in tqdm(points, desc="compute", unit="pt",
                                       dynamic_ncols=True):
             fn, impl = build()
             on_sample(op, params, time_point(fn, device, sw), dtype_name, impl)
             del fn
+    if kernels is not None:
+        on_sample("host_op", {}, kernels.host_overhead(), dtype_name, "executor.program")
 
 
 # ---------------------------------------------------------------- collectives

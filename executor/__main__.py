@@ -30,6 +30,8 @@ def _parse(argv):
     p.add_argument("--balanced", action="store_true")
     p.add_argument("--record-ops", action="store_true",
                    help="record every op of the last request on every rank (in the result)")
+    p.add_argument("--timeline", action="store_true",
+                   help="when every op of the last request ran, on every rank (in the result)")
     p.add_argument("--result", default=None, help="rank 0 writes the JSON result here")
     p.add_argument("--run-dir", default=None,
                    help="heartbeat, PID, log and error files (local launcher)")
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
                 raise RuntimeError(f"plan needs {plan.world_size} ranks, launched {world}")
         done = run_cases(plans, rank, device, heartbeat, steps=args.steps,
                          verify=args.verify, balanced=args.balanced, warmup=args.warmup,
-                         record_ops=args.record_ops)
+                         record_ops=args.record_ops, timeline=args.timeline)
         results = []
         if rank == 0:
             from executor.report import finish

@@ -55,6 +55,10 @@ def register(subparsers) -> None:
     p.add_argument("--timeout", type=_positive, default=None,
                    help="seconds before a stalled run is ended (default: the plan's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--timeline", action="store_true",
+                   help="with --json: when every op of the last request ran on every rank "
+                        "(timeline_per_rank: per step, [kind, label, layer, micro-batch, "
+                        "start s, end s])")
     p.add_argument("--store", default=None, help="measurement store (default: the user's)")
     p.add_argument("--no-store", action="store_true", help="do not write measurements")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
@@ -125,6 +129,7 @@ def _handler(args) -> int:
         extra = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
         extra += ["--verify"] if args.verify else []
         extra += ["--balanced"] if args.balanced else []
+        extra += ["--timeline"] if args.timeline else []
         extra += ["--store", str(store_path)] if store_path else []
         res = launch(paths, nproc, timeout, extra)
     if not res.ok:

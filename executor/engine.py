@@ -72,6 +72,7 @@ class Case:
         self.rt = Runtime(plan, self.groups, device, self.timer)
         self.ttft, self.tpot, self.generated = [], [], None
         self.ops: list = []                      # per step: the recorder's rows
+        self.spans: list = []                    # per step: the recorder's spans
         if not self.groups.in_plan:
             return
         spec, wl = plan.model, plan.workload
@@ -89,22 +90,25 @@ class Case:
         """One step of this rank's program; the recorder's rows kept per step."""
         if self.role is None:
             return None
-        self.recorder.rows = []
+        self.recorder.rows, self.recorder.spans = [], []
         out = self.role.run(self.rt.schedule(step), tokens)
         if self.recorder.enabled:
             self.ops.append(self.recorder.rows)
+        if self.recorder.timeline:
+            self.spans.append(self.recorder.spans)
         return out
 
-    def request(self, rep: int, record_ops: bool = False) -> None:
+    def request(self, rep: int, record_ops: bool = False, timeline: bool = False) -> None:
         """Request rep (warm-up while rep < warmup): prefill, then decode_steps steps.
-        record_ops: the recorder writes down every op of this request (op-sequence test)."""
+        record_ops: the recorder writes down every op of this request (op-sequence test);
+        timeline: and when each ran (predicted-vs-measured traces)."""
         if not self.groups.in_plan:
             return
         rt, role, timer, device = self.rt, self.role, self.timer, self.device
         timed = rep >= self.warmup
         timer.enabled = timed
         rt.record = self.verify and rep == self.warmup + self.steps - 1
-        self.recorder.enabled = record_ops
+        self.recorder.enabled, self.recorder.timeline = record_ops, timeline
         if rep == self.warmup:
             maybe_fault(self.rank)
         with timer.op("barrier", comm=True):
@@ -135,7 +139,7 @@ class Case:
         plan, rt, timer, spec = self.plan, self.rt, self.timer, self.plan.model
         self.heartbeat.set(COMPUTE, "gather results")
         mine = {"timings": timer.records(), "records": rt.records, "trace": timer.trace,
-                "role": self.groups.info.role, "ops": self.ops}
+                "role": self.groups.info.role, "ops": self.ops, "spans": self.spans}
         gathered = [None] * plan.world_size if self.rank == 0 else None
         with timer.op("gather_results", comm=True):
             dist.gather_object(mine, gathered, dst=0, group=self.groups.world)
@@ -145,7 +149,8 @@ class Case:
                   "per_rank_timings": [g["timings"] for g in gathered],
                   "pool_size": rt.pool_size, "microbatch_rows": [b - a for a, b in rt.rows],
                   "balanced": bool(getattr(plan.strategy, "balanced", False)),
-                  "ops_per_rank": [g["ops"] for g in gathered]}
+                  "ops_per_rank": [g["ops"] for g in gathered],
+                  "timeline_per_rank": [g["spans"] for g in gathered]}
         if rt.pool_size and self.device.type == "cpu":
             base = [iv[1:] for g in gathered if g["role"] == "base" for iv in g["trace"]
                     if iv[0] == "ffn"]
@@ -167,7 +172,7 @@ class Case:
 
 def run_cases(plans: list, rank: int, device: torch.device, heartbeat, steps: int = 1,
               verify: bool = False, balanced: bool = False, warmup: int = 1,
-              record_ops: bool = False) -> list:
+              record_ops: bool = False, timeline: bool = False) -> list:
     """Every launched rank calls this with the same arguments.  The plans' requests
     alternate (request r of every plan, then request r + 1), so a machine that slows down
     for a while slows every plan alike instead of whichever ran then.  Rank 0 returns the
@@ -178,6 +183,7 @@ def run_cases(plans: list, rank: int, device: torch.device, heartbeat, steps: in
         cases.append(Case(plan, rank, device, heartbeat, verify, balanced, warmup, steps))
     for rep in range(warmup + steps):
         for case in cases:       # the recorder writes down the last request
-            case.request(rep, record_ops and rep == warmup + steps - 1)
+            last = rep == warmup + steps - 1
+            case.request(rep, record_ops and last, timeline and last)
     return [case.finish() for case in cases]
 

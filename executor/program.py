@@ -15,6 +15,7 @@ and K/V caches across steps ((layer, mb) -> KVCache).
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.distributed as dist
@@ -48,8 +49,10 @@ class Recorder:
     op read off its tensors (memory ops: their stated bytes)."""
 
     def __init__(self):
-        self.enabled = False
-        self.rows: list = []
+        self.enabled = False             # rows: the op-sequence test
+        self.timeline = False            # spans: (kind, label, layer, mb, t0, t1) per op,
+        self.rows: list = []             # CLOCK_MONOTONIC seconds (comparable across
+        self.spans: list = []            # local processes): predicted-vs-measured traces
 
     def add(self, op: Op, what) -> None:
         if self.enabled:
@@ -124,8 +127,14 @@ class RankProgram:
         self.st: dict = {}              # per-step state: (name, layer, mb) -> tensor
         self.works: dict = {}           # (label, layer, mb, lane, peer) -> (work, tensor)
         self.out_tokens = None
+        spans = self.recorder.spans if self.recorder.timeline else None
         for op, lane, peer in schedule.rank_program(self.rank):
+            if spans is None:
+                self.step_op(op, lane, peer)
+                continue
+            t0 = time.perf_counter()
             self.step_op(op, lane, peer)
+            spans.append((op.kind, op.label, op.layer, op.mb, t0, time.perf_counter()))
         return self.out_tokens
 
     def step_op(self, op: Op, lane: int, peer) -> None:

@@ -36,8 +36,9 @@ def summary(plan: Plan, res: dict) -> dict:
         out["overlap"] = res["overlap"]
     if "verify" in res:
         out["verify"] = res["verify"]
-    if any(res.get("ops_per_rank") or ()):
-        out["ops_per_rank"] = res["ops_per_rank"]
+    for key in ("ops_per_rank", "timeline_per_rank"):
+        if any(res.get(key) or ()):
+            out[key] = res[key]
     return out
 
 

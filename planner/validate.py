@@ -16,24 +16,29 @@ percentile are reported next to it).  Between three whole validate runs here a
 configuration's value moved by 3.0 % (sd) and the FA Pool / baseline ratio by 1.5 %; run
 one configuration after the other and keeping the lowest pass (as before), 4.3 % and 6.7 %.
 
+Calibrate what runs: if the store has no microbenchmark run of this machine yet, validate
+first runs `fapool calibrate --quick` into it, which times the executor's own kernels and
+its host time per op directly (executor.kernels).
+
 Refit, evaluated leave-one-out: for each configuration c, using only the other ones,
-  1. the profile's curves are refitted (calibration.fit.fit_local) from this machine's
-     microbenchmark samples in the store, if any, plus the operator samples the executor
-     timed while running the other configurations (one point per shape, as above).  Not
-     its collectives: those include waiting for the peer
-     (calibration.fit.without_executor_collectives), so the links come from the store's
-     microbenchmarks, else stay the starting profile's (measured by microbenchmarks).
-     Decode and prefill attention shapes weigh alike in the fit
-     (calibration.fit.balance_attention_phases);
-  2. the profile's host time per op (calibration.profile.Host: Python and dispatch between
-     ops, which no microbenchmark sees) is fitted through the simulator to the other
-     configurations' measured TTFT and TPOT, one value for both strategies
-     (planner.hostfit);
-then c is predicted with both: that is `mape.refit`, the headline.  No refit figure uses
-c's own measurements.  Apart from the model, a per-family bias (strategy kind and rank
-count: measured ~ b * refit prediction, b the geometric mean over the other
-configurations of that family) is reported under `bias`, with the MAPE it would give; it is
-a correction, never part of `refit`.
+  the profile's curves are refitted (calibration.fit.fit_local) from this machine's
+  microbenchmark samples in the store plus the operator samples the executor timed while
+  running the other configurations (one point per shape, as above).  Not its collectives:
+  those include waiting for the peer (calibration.fit.without_executor_collectives), so
+  the links come from the store's microbenchmarks, else stay the starting profile's.
+  Decode and prefill attention shapes weigh alike (calibration.fit.balance_attention_phases).
+  Host time per op is the microbenchmarks' direct measurement, never fitted to the
+  configurations being validated.
+Then c is predicted with it: that is `mape.refit`, the headline.  No refit figure uses c's
+own measurements.  Apart from the model, a per-family bias (strategy kind and rank count:
+measured ~ b * refit prediction, b the geometric mean over the other configurations of that
+family) is reported under `bias`, with the MAPE it would give; it is a correction, never part
+of `refit`.
+
+Where the model is wrong: every configuration's report has, per phase and op kind, the
+predicted and measured time per rank (planner.loopview.op_table), and `--trace-dir` gets one
+Chrome trace per configuration with the refit's predicted and the executor's measured
+timelines of every rank side by side (planner.loopview.write_comparison_trace).
 """
 
 from __future__ import annotations
@@ -43,13 +48,14 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from calibration.errors import require
-from calibration.profile import Profile, load_profile
+from calibration.profile import Host, Profile, load_profile
 from planner.cluster import PRESETS as CLUSTERS
 from planner.cluster import ClusterSpec
 from planner.model import PRESETS as MODELS
@@ -59,6 +65,7 @@ from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
 from planner.workload import Workload
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 MEASURE_QUANTILE = 10
 METRICS = ("ttft_ms", "tpot_ms")
 # Timed steps per configuration and run.  On this 2-core machine the p10 of 20-step chunks
@@ -72,6 +79,15 @@ class Config:
     label: str
     strategy: Strategy
     workload: Workload
+    model: ModelSpec | None = None       # None: the loop's model
+
+    def spec(self, default: ModelSpec) -> ModelSpec:
+        return self.model or default
+
+    def pair(self, default: ModelSpec) -> tuple:
+        """Configurations compared as FA Pool / static: same model, batch and length."""
+        return (self.spec(default).name, self.spec(default).kv_heads, self.workload.batch,
+                self.workload.input_len)
 
     @property
     def kind(self) -> str:
@@ -83,22 +99,37 @@ class Config:
         return f"{self.kind}-{self.strategy.max_gpus}"
 
 
-def _fapool(pool: int, mb: int = 2) -> FAPoolStrategy:
-    return FAPoolStrategy(base_tp=1, threshold=16, max_pool=pool, pool_gpus=pool,
-                          microbatches=mb)
+def _fapool(pool: int, mb: int = 2, tp: int = 1, kv: str = "split-batch") -> FAPoolStrategy:
+    return FAPoolStrategy(base_tp=tp, threshold=16, max_pool=pool, pool_gpus=pool,
+                          microbatches=mb, decode_kv=kv)
 
 
 def default_configs(quick: bool) -> list:
-    """FA Pool (base TP 1 + pool) and static TP 1 x PP 2, batch 2 in 2 micro-batches."""
+    """FA Pool (base TP 1 + pool 1) beside static TP 1 x PP 2 at four lengths (batch 2 in
+    2 micro-batches), and wider layouts (world sizes 3 and 4): pools of 2 and 3 with the
+    split-seq and replicated decode placements, and base TP 2 + pool 2 beside static
+    TP 2 x PP 2 with GQA at batch 4."""
     lens = (64, 256, 512, 1024) if quick else (64, 256, 512, 1024, 2048)
     out = []
-    pools = (1,) if quick else (1, 2)
     for n in lens:
         wl = Workload(batch=2, input_len=n, output_len=16)
         out.append(Config(f"static tp1 pp2 seq{n}", StaticStrategy(tp=1, pp=2,
                                                                      microbatches=2), wl))
-        for p in pools:
-            out.append(Config(f"fapool tp1 pool{p} seq{n}", _fapool(p), wl))
+        out.append(Config(f"fapool tp1 pool1 seq{n}", _fapool(1), wl))
+    gqa = MODELS["tiny"].with_overrides(kv_heads=2)
+    wl4 = Workload(batch=4, input_len=512, output_len=16)
+    out += [
+        Config("fapool tp1 pool2 split-seq seq512", _fapool(2, 1, kv="split-seq"),
+               Workload(batch=2, input_len=512, output_len=16)),
+        Config("fapool tp1 pool3 replicated seq1024", _fapool(3, 2, kv="replicated"),
+               Workload(batch=2, input_len=1024, output_len=16)),
+        Config("static tp2 pp2 gqa b4 seq512", StaticStrategy(tp=2, pp=2, microbatches=2),
+               wl4, gqa),
+        Config("fapool tp2 pool2 gqa b4 seq512", _fapool(2, 2, tp=2), wl4, gqa),
+    ]
+    if not quick:
+        out.append(Config("fapool tp1 pool2 seq2048", _fapool(2),
+                          Workload(batch=2, input_len=2048, output_len=16)))
     return out
 
 
@@ -128,11 +159,16 @@ def local_cluster(world: int) -> ClusterSpec:
     return dataclasses.replace(c, gpus_per_node=max(c.gpus_per_node, world))
 
 
-def predict(model: ModelSpec, cfg: Config, profile: Profile) -> dict:
+def simulate_config(model: ModelSpec, cfg: Config, profile: Profile, record: bool = False):
     cluster = local_cluster(cfg.strategy.max_gpus)
-    r = simulate(model, cluster, cfg.strategy, cfg.workload, profile=profile, record=False,
-                 interval_samples=0)
+    r = simulate(cfg.spec(model), cluster, cfg.strategy, cfg.workload, profile=profile,
+                 record=record, interval_samples=0)
     require(r.feasible, "config", f"{cfg.label} does not fit: {r.infeasible_reasons}")
+    return r
+
+
+def predict(model: ModelSpec, cfg: Config, profile: Profile) -> dict:
+    r = simulate_config(model, cfg, profile)
     return {"ttft_ms": r.ttft_s * 1e3, "tpot_ms": r.tpot_s * 1e3}
 
 
@@ -144,12 +180,12 @@ def run_executor(plan_paths: list, store: Path, steps: int = STEPS, warmup: int 
     launch per plan, their requests alternating, so the machine's drift during the pass
     hits every plan alike.  Returns their JSON summaries in order.  A failed
     run raises RuntimeError with its message."""
-    cmd = [sys.executable, "-m", "planner.cli", "run", "--json", "--store", str(store),
-           "--steps", str(steps), "--warmup", str(warmup), "--timeout", str(timeout)]
+    cmd = [sys.executable, "-m", "planner.cli", "run", "--json", "--timeline", "--store",
+           str(store), "--steps", str(steps), "--warmup", str(warmup), "--timeout",
+           str(timeout)]
     for path in plan_paths:
         cmd += ["--plan", str(path)]
-    root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root,
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
                           timeout=timeout + 120)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -246,18 +282,11 @@ def refit_profile(inputs: RefitInputs, executor_run_ids: list, base: Profile,
                             "+ executor operator samples (one point per shape: "
                             f"p{MEASURE_QUANTILE} of the repeats of every run)"}
     samples = robust_samples(bench + ex)
-    return fit_local(samples, name, base.device.name, ram, world, provenance,
-                     default_links=base.links, balance=True)
-
-
-def with_host(refit: Profile, model: ModelSpec, train: list) -> Profile:
-    """The refitted profile with its host time per op fitted (planner.hostfit) to the
-    measured TTFT and TPOT of train, [(Config, row)]."""
-    from planner.hostfit import fit_host
-    points = [(cfg, m, row["measured"][m]) for cfg, row in train for m in METRICS]
-    host = fit_host(points, refit, lambda cfg, prof: predict(model, cfg, prof),
-                    "planner.validate")
-    return dataclasses.replace(refit, host=host)
+    refit = fit_local(samples, name, base.device.name, ram, world, provenance,
+                      default_links=base.links, balance=True)
+    if refit.host == Host():        # no host measurement in the store: the base's stands
+        refit = dataclasses.replace(refit, host=base.host)
+    return refit
 
 
 def e2e_corrections(rows: list) -> dict:
@@ -286,16 +315,17 @@ def mape(rows: list, key: str, metric: str) -> float:
 
 
 def ratio_errors(rows: list, key: str) -> list:
-    """|predicted FA Pool / baseline ratio / measured ratio - 1| in percent, per sequence
-    length (and pool size) where both strategies ran, per metric."""
+    """|predicted FA Pool / baseline ratio / measured ratio - 1| in percent, per pair (same
+    model, batch and length: Config.pair) where both strategies ran, per metric."""
     out = []
-    by_len: dict = {}
+    by_pair: dict = {}
     for r in rows:
-        by_len.setdefault(r["seq_len"], {}).setdefault(r["kind"], []).append(r)
-    for n, kinds in sorted(by_len.items()):
+        pair = tuple(r.get("pair") or (r["seq_len"],))
+        by_pair.setdefault(pair, {}).setdefault(r["kind"], []).append(r)
+    for _, kinds in sorted(by_pair.items()):
         if "static" not in kinds or "fapool" not in kinds:
             continue
-        base = kinds["static"][0]
+        base, n = kinds["static"][0], kinds["static"][0]["seq_len"]
         for fa in kinds["fapool"]:
             for m in METRICS:
                 pred = fa[key][m] / base[key][m]
@@ -323,33 +353,33 @@ def summarize(rows: list, key: str) -> dict:
 
 
 # ------------------------------------------------------------------ the loop
-def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
-             profile: Profile | None = None, progress=None, repeats: int = 5,
-             refit_all: bool = False) -> dict:
-    """Run the loop over configs; returns the report (see the module docstring).  With
-    refit_all, report["refit_profile"] is the profile refitted from every configuration
-    (else None)."""
+def ensure_microbenchmarks(store_path: Path, tick) -> None:
+    """Calibrate what runs: a store without a microbenchmark run of this machine gets one
+    (`fapool calibrate --quick --world-size 2`: the executor's kernels and host time per
+    op), in a subprocess, as planner never imports torch."""
     from calibration.store import Store
-    model = model or MODELS["tiny"]
-    profile = profile or load_profile("local")
-    require(len(configs) >= 3, "configs", "need at least 3 configurations")
-    require(repeats >= 1, "--repeats", f"must be >= 1, got {repeats}")
-    dtype = {4: "float32", 2: "bfloat16"}.get(model.dtype_bytes, "float32")
-    tick = progress or (lambda msg: None)
-    # micro-batch counts explicit, as the plans state them (an older plan.json may not)
-    configs = [dataclasses.replace(c, strategy=resolve_microbatches(
-        model, c.strategy, c.workload, profile)) for c in configs]
-    plans = []
-    for i, cfg in enumerate(configs):
-        pred = predict(model, cfg, profile)
-        cluster = local_cluster(cfg.strategy.max_gpus)
-        plan = make_plan(model, cluster, cfg.strategy, cfg.workload, profile,
-                         {k: round(v, 4) for k, v in pred.items()},
-                         ExecutorSettings(dtype=dtype, timeout_s=300.0))
-        path = work_dir / f"plan_{i}.json"
-        save_plan(plan, path)
-        plans.append((plan, path, pred))
-    runs: dict = {i: [] for i in range(len(configs))}
+    store = Store(store_path)
+    try:
+        if any(r["kind"] == "microbench" for r in store.runs(status="complete")):
+            return
+    finally:
+        store.close()
+    tick("no microbenchmarks of this machine in the store: fapool calibrate --quick first")
+    with tempfile.TemporaryDirectory(prefix="fapool-calibrate-") as tmp:
+        cmd = [sys.executable, "-m", "planner.cli", "calibrate", "--quick", "--world-size",
+               "2", "--store", str(store_path), "--out", str(Path(tmp) / "p.yaml")]
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
+                              timeout=600)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"calibration failed: {last}")
+
+
+def _measure(plans: list, store_path: Path, repeats: int, tick, runner) -> tuple:
+    """Run every plan `repeats` times (per pass: one process group per world size, requests
+    alternating); returns ({config index: [store run ids]}, {index: last summary})."""
+    runs: dict = {i: [] for i in range(len(plans))}
+    last: dict = {}
     by_world: dict = {}
     for i, (plan, _, _) in enumerate(plans):
         by_world.setdefault(plan.world_size, []).append(i)
@@ -358,49 +388,79 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
             order = members if rep % 2 == 0 else members[::-1]
             tick(f"pass {rep + 1}/{repeats}: {len(order)} configurations on {world} ranks "
                  f"({STEPS} timed steps each), one process group")
-            summaries = run_executor([plans[i][1] for i in order], store_path,
-                                     timeout=60.0 * len(order))
+            summaries = runner([plans[i][1] for i in order], store_path,
+                               timeout=60.0 * len(order))
             for i, summary in zip(order, summaries):
                 runs[i].append(summary["store_run_id"])
+                last[i] = summary
+    return runs, last
+
+
+def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
+             profile: Profile | None = None, progress=None, repeats: int = 5,
+             refit_all: bool = False, trace_dir: Path | None = None,
+             runner=None, calibrate: bool = True) -> dict:
+    """Run the loop over configs; returns the report (see the module docstring).  With
+    refit_all, report["refit_profile"] is the profile refitted from every configuration
+    (else None).  runner(plan paths, store, timeout=) -> summaries runs the executor
+    (default run_executor; tests pass a synthetic one); calibrate: microbenchmark first
+    if the store has none (ensure_microbenchmarks)."""
+    from calibration.store import Store
+    from planner.loopview import op_table, write_comparison_trace
+    model = model or MODELS["tiny"]
+    profile = profile or load_profile("local")
+    require(len(configs) >= 3, "configs", "need at least 3 configurations")
+    require(repeats >= 1, "--repeats", f"must be >= 1, got {repeats}")
+    tick = progress or (lambda msg: None)
+    if calibrate:
+        ensure_microbenchmarks(store_path, tick)
+    # micro-batch counts explicit, as the plans state them (an older plan.json may not)
+    configs = [dataclasses.replace(c, strategy=resolve_microbatches(
+        c.spec(model), c.strategy, c.workload, profile)) for c in configs]
+    plans = []
+    for i, cfg in enumerate(configs):
+        pred = predict(model, cfg, profile)
+        spec = cfg.spec(model)
+        dtype = {4: "float32", 2: "bfloat16"}.get(spec.dtype_bytes, "float32")
+        plan = make_plan(spec, local_cluster(cfg.strategy.max_gpus), cfg.strategy,
+                         cfg.workload, profile, {k: round(v, 4) for k, v in pred.items()},
+                         ExecutorSettings(dtype=dtype, timeout_s=300.0))
+        path = work_dir / f"plan_{i}.json"
+        save_plan(plan, path)
+        plans.append((plan, path, pred))
+    runs, last = _measure(plans, store_path, repeats, tick, runner or run_executor)
     store = Store(store_path)
     try:
         rows = []
         for i, cfg in enumerate(configs):
             plan, _, pred = plans[i]
             rows.append({"label": cfg.label, "kind": cfg.kind, "family": cfg.family,
+                         "pair": list(cfg.pair(model)), "model": cfg.spec(model).name,
                          "plan_id": plan.plan_id, "strategy": cfg.strategy.describe(),
                          "seq_len": cfg.workload.input_len, "batch": cfg.workload.batch,
                          "output_len": cfg.workload.output_len, "run_ids": runs[i],
+                         "microbatch_rows": last[i].get("microbatch_rows"),
                          "predicted": pred, "measured": measured_from_store(store, runs[i])})
         inputs = refit_inputs(store, [rid for r in rows for rid in r["run_ids"]])
     finally:
         store.close()
-    fold_preds = {}                # (held-out i, config j) -> prediction of fold i
+    fold_preds, folds = {}, {}     # (held-out i, config j) -> fold i's prediction; i -> profile
     for i, row in enumerate(rows):
         tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
         others = [rid for r in rows if r is not row for rid in r["run_ids"]]
-        refit = with_host(refit_profile(inputs, others, profile), model,
-                          [(c, r) for c, r in zip(configs, rows) if r is not row])
-        row["host_overhead_us"] = round(refit.host.op_overhead_s * 1e6, 2)
+        folds[i] = refit_profile(inputs, others, profile)
+        row["host_overhead_us"] = round(folds[i].host.op_overhead_s * 1e6, 3)
         for j, cfg in enumerate(configs):
-            fold_preds[i, j] = predict(model, cfg, refit)
+            fold_preds[i, j] = predict(model, cfg, folds[i])
         row["predicted_refit"] = fold_preds[i, i]
-    bias = {}                      # family -> {metric: held-out factor per config}
-    for i, row in enumerate(rows):
-        train = [dict(r, predicted_refit=fold_preds[i, j])
-                 for j, r in enumerate(rows) if j != i]
-        corr = e2e_corrections(train)
-        row["predicted_with_bias"] = {}
-        row["bias"] = {}
-        for m in METRICS:
-            _, b = corr.get((row["family"], m), (0.0, 1.0))
-            row["predicted_with_bias"][m] = b * row["predicted_refit"][m]
-            row["bias"][m] = round(b, 4)
-            bias.setdefault(row["family"], {}).setdefault(m, []).append(round(b, 4))
-    full = None
-    if refit_all:
-        full = with_host(refit_profile(inputs, list(inputs.by_run), profile), model,
-                         list(zip(configs, rows)))
+    bias = _bias(rows, fold_preds)
+    for i, (cfg, row) in enumerate(zip(configs, rows)):
+        predicted = simulate_config(model, cfg, folds[i], record=True)
+        row["ops"] = op_table(predicted, last[i])
+        if trace_dir is not None:
+            row["trace"] = str(write_comparison_trace(
+                predicted, last[i], trace_dir / f"{i:02d}_{_slug(cfg.label)}.json"))
+    full = refit_profile(inputs, list(inputs.by_run), profile) if refit_all else None
     for r in rows:
         r["error_pct"] = {stage: {m: round(_err(r[key][m], r["measured"][m]), 2)
                                   for m in METRICS}
@@ -408,11 +468,47 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
     return {"configs": rows,
             "mape": {stage: summarize(rows, key) for stage, key in STAGES.items()
                      if stage != "with_bias"},
+            "op_mape": op_mape(rows),
             "bias": {"factors": bias,
                      "note": "measured ~ b x refit prediction per strategy family, fitted "
                              "leave-one-out; reported beside the model, never inside refit",
                      "mape_with_bias": summarize(rows, "predicted_with_bias")},
             "measure": f"p{MEASURE_QUANTILE} of per-step times, {repeats} pass(es) pooled",
-            "holdout": "leave-one-out: profile refit (curves + host time per op) without "
-                       "the config",
+            "holdout": "leave-one-out: profile refit (curves; host time per op measured, not "
+                       "fitted) without the config",
             "refit_profile": full}
+
+
+def _bias(rows: list, fold_preds: dict) -> dict:
+    """Per-family bias, fitted leave-one-out (e2e_corrections on the other configs of the
+    fold); sets each row's predicted_with_bias and bias; returns family -> factors."""
+    out: dict = {}
+    for i, row in enumerate(rows):
+        train = [dict(r, predicted_refit=fold_preds[i, j])
+                 for j, r in enumerate(rows) if j != i]
+        corr = e2e_corrections(train)
+        row["predicted_with_bias"], row["bias"] = {}, {}
+        for m in METRICS:
+            _, b = corr.get((row["family"], m), (0.0, 1.0))
+            row["predicted_with_bias"][m] = b * row["predicted_refit"][m]
+            row["bias"][m] = round(b, 4)
+            out.setdefault(row["family"], {}).setdefault(m, []).append(round(b, 4))
+    return out
+
+
+def op_mape(rows: list) -> dict:
+    """Per phase and compute op kind, the mean |predicted / measured - 1| in % over the
+    configurations (the refit's per-op error; comm includes waiting, so it is left out)."""
+    acc: dict = {}
+    for r in rows:
+        for phase, kinds in (r.get("ops") or {}).items():
+            for kind, v in kinds.items():
+                if kind != "comm" and v["measured_ms"] > 0:
+                    acc.setdefault(phase, {}).setdefault(kind, []).append(
+                        abs(v["predicted_ms"] / v["measured_ms"] - 1) * 100)
+    return {phase: {k: round(float(np.mean(v)), 1) for k, v in kinds.items()}
+            for phase, kinds in acc.items()}
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label)

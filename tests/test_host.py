@@ -1,5 +1,5 @@
-"""Host time per op (calibration.profile.Host): profile format, simulator, fit; and the
-pool GPU's blocking transfers."""
+"""Host time per op (calibration.profile.Host): profile format, simulator, its direct
+measurement; and the pool GPU's blocking transfers."""
 
 import dataclasses
 
@@ -9,7 +9,6 @@ from calibration import load_profile
 from calibration.errors import InputError
 from calibration.profile import Host, Profile, save_profile
 from planner import validate as V
-from planner.hostfit import fit_host
 from planner.model import PRESETS
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy
@@ -70,18 +69,6 @@ def test_pool_gpu_never_computes_during_its_own_transfers():
             assert c.end <= t.start + 1e-12 or t.end <= c.start + 1e-12, (c, t)
 
 
-def test_fit_host_recovers_a_known_overhead():
-    truth = 7e-5
-    configs = V.default_configs(quick=True)
-    measured = {id(c): V.predict(TINY, c, dataclasses.replace(LOCAL, host=Host(truth)))
-                for c in configs}
-    points = [(c, m, measured[id(c)][m]) for c in configs for m in V.METRICS]
-    host = fit_host(points, LOCAL, lambda c, p: V.predict(TINY, c, p), "test")
-    assert host.op_overhead_s == pytest.approx(truth, rel=0.02)
-    assert host.std < 0.1 * truth
-    assert "16 measured step times" in host.sources[0]
-
-
 def test_robust_samples_pool_the_repeats_of_one_shape():
     s = [{"op": "gemm", "params": {"tokens": 4, "k": 8}, "run_id": 1, "times_s": [1.0, 2.0]},
          {"op": "gemm", "params": {"k": 8, "tokens": 4}, "run_id": 2, "times_s": [0.5]},
@@ -92,3 +79,13 @@ def test_robust_samples_pool_the_repeats_of_one_shape():
     assert sorted(pooled["times_s"]) == [0.5, 1.0, 2.0]
     assert pooled["median_s"] == pytest.approx(0.6)          # p10 of the three
 
+
+
+def test_host_comes_from_its_direct_measurement():
+    from calibration.fit import host_from_samples
+    s = [{"op": "host_op", "params": {}, "run_id": 3, "times_s": [2e-6, 3e-6, 4e-6]},
+         {"op": "gemm", "params": {}, "run_id": 3, "times_s": [1.0]}]
+    host = host_from_samples(s)
+    assert host.op_overhead_s == pytest.approx(3e-6)
+    assert host.std > 0 and "run" in host.sources[0]
+    assert host_from_samples(s[1:]) is None

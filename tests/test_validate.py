@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 import planner.validate as V
@@ -65,7 +67,7 @@ def test_after_refit_never_uses_the_configs_own_measurement(monkeypatch, tmp_pat
             k = 3.0 * (scale_first if run_id == 1 else 1.0) * (1 + 0.1 * run_id)
             return {"ttft_ms": k, "tpot_ms": k / 2, "ttft_ms_median": k, "tpot_ms_median": k}
         monkeypatch.setattr(V, "measured_from_store", fake_measured)
-        return V.validate(configs, tmp_path / "s.sqlite", tmp_path, progress=None,
+        return V.validate(configs, tmp_path / "s.sqlite", tmp_path, progress=None, calibrate=False,
                           repeats=1)
 
     monkeypatch.setattr(V, "run_executor", fake_run)
@@ -134,7 +136,118 @@ def test_configs_without_a_micro_batch_count_run_with_the_simulators(monkeypatch
     monkeypatch.setattr(V, "measured_from_store", lambda store, ids: {
         "ttft_ms": 1.0 + ids[0], "tpot_ms": 1.0})
     monkeypatch.setattr(V, "refit_profile", lambda store, ids, base, name="x": base)
-    V.validate(configs, tmp_path / "s.sqlite", tmp_path, repeats=1)
+    V.validate(configs, tmp_path / "s.sqlite", tmp_path, repeats=1, calibrate=False)
     for i in range(3):
         written = json.loads((tmp_path / f"plan_{i}.json").read_text())
         assert written["strategy"]["microbatches"] == 2
+
+
+# ------------------------------------------------------------------ the loop, synthetic
+NOISE = 0.02          # lognormal sigma of every synthetic timing
+
+
+def _truth():
+    """A known 'machine': the shipped local profile with GEMMs 1.6x and memory ops 1.3x
+    slower, attention 0.8x, and 60 us of host time per op."""
+    import dataclasses as dc
+
+    from calibration.profile import Host
+    local = load_profile("local")
+
+    def scaled(curve, key, factor):
+        return dc.replace(curve, params={**curve.params, key: curve.params[key] / factor},
+                          cov=None, std={})
+    return dc.replace(local, name="truth",
+                      gemm=scaled(local.gemm, "efficiency_max", 1.6),
+                      attention=scaled(local.attention, "efficiency_max", 0.8),
+                      memory=scaled(local.memory, "read_efficiency", 1.3),
+                      host=Host(6e-5))
+
+
+def synthetic_runner(truth, rng):
+    """A stand-in for the executor: for each plan, every compute op of every rank's
+    schedule timed at its cost under `truth` times lognormal noise, the e2e steps at the
+    simulator's TTFT / TPOT under truth times noise; written to the store as an executor
+    run.  A host_op microbenchmark of truth's host time comes first, as calibrate does."""
+    from calibration.store import Store
+    from planner.costs import CostModel
+    from planner.plan import load_plan
+    from planner.schedule import COMPUTE, build_schedule, microbatch_rows
+    from planner.sim.run import Coster
+    from planner.simulate import decode_step
+
+    def noisy(t, n):
+        return list(t * np.exp(NOISE * rng.standard_normal(n)))
+
+    def run(paths, store_path, timeout=None):
+        store = Store(store_path)
+        out = []
+        try:
+            if not store.runs(kind="microbench"):
+                with store.run(kind="microbench", backend="gloo", world_size=2,
+                               torch_version="synthetic", meta={"device": "cpu"}) as r:
+                    r.add_sample("host_op", {}, noisy(truth.host.op_overhead_s, 5))
+            for path in paths:
+                plan = load_plan(path)
+                wl, s = plan.workload, plan.strategy
+                cm = CostModel(truth, plan.cluster, plan.model.dtype_bytes)
+                rows = tuple(microbatch_rows(wl.batch, s.microbatches))
+                samples = {}
+                for step in (0, decode_step(wl)):
+                    sch = build_schedule(plan.layout, rows, wl.input_len, step)
+                    coster = Coster(cm, sch)
+                    for unit, prog in sch.programs.items():
+                        for op, cost in coster.program(unit):
+                            if op.kind in COMPUTE:
+                                samples.setdefault((op.kind, op.params), []).extend(
+                                    noisy(cost.seconds, 3))
+                r = V.simulate_config(plan.model, V.Config("x", s, wl, plan.model), truth)
+                with store.run(kind="executor", backend="gloo", world_size=plan.world_size,
+                               torch_version="synthetic", plan_id=plan.plan_id) as run_:
+                    for (op, params), times in samples.items():
+                        run_.add_sample(op, dict(params), times)
+                    run_.add_sample("e2e_prefill", {"seq_len": wl.input_len},
+                                    noisy(r.ttft_s, V.STEPS))
+                    run_.add_sample("e2e_decode", {"seq_len": wl.input_len},
+                                    noisy(r.tpot_s, V.STEPS * (wl.output_len - 1)))
+                out.append({"store_run_id": run_.id})
+        finally:
+            store.close()
+        return out
+    return run
+
+
+@pytest.mark.slow
+def test_loop_recovers_a_known_profile_from_synthetic_timings(tmp_path):
+    """store -> refit -> predict, deterministically: the refit (no per-family factor) must
+    recover the known profile: its host time as measured, its op costs and every held-out
+    configuration within a bound from the noise.  The shipped profile starts far off."""
+    from planner.costs import CostModel
+    from planner.schedule import COMPUTE, build_schedule, microbatch_rows
+    from planner.sim.run import Coster
+
+    truth = _truth()
+    configs = V.default_configs(quick=True)
+    report = V.validate(configs, tmp_path / "s.sqlite", tmp_path, repeats=1,
+                        runner=synthetic_runner(truth, np.random.default_rng(0)),
+                        calibrate=False, refit_all=True)
+    bound = 100 * 5 * NOISE            # 5 sigma, in %: 10 %
+    assert report["mape"]["before"]["ttft"] > 2 * bound        # the start is far off
+    for stage in ("ttft", "tpot", "ratio"):
+        assert report["mape"]["refit"][stage] <= bound, (stage, report["mape"]["refit"])
+    refit = report["refit_profile"]
+    assert refit.host.op_overhead_s == pytest.approx(truth.host.op_overhead_s, rel=0.05)
+    worst = 0.0
+    for cfg in configs:                 # the refit prices every op as the truth does
+        model = cfg.spec(PRESETS["tiny"])
+        layout = V.make_plan(model, V.local_cluster(cfg.strategy.max_gpus), cfg.strategy,
+                             cfg.workload, truth).layout
+        rows = tuple(microbatch_rows(cfg.workload.batch, cfg.strategy.microbatches or 1))
+        sch = build_schedule(layout, rows, cfg.workload.input_len)
+        got = Coster(CostModel(refit, layout.cluster, model.dtype_bytes), sch)
+        want = Coster(CostModel(truth, layout.cluster, model.dtype_bytes), sch)
+        for unit in sch.programs:
+            for (op, a), (_, b) in zip(got.program(unit), want.program(unit)):
+                if op.kind in COMPUTE and b.seconds > 0:
+                    worst = max(worst, abs(a.seconds / b.seconds - 1))
+    assert worst * 100 <= 3 * bound, worst

@@ -38,6 +38,9 @@ def register(subparsers) -> None:
                    help="profile predictions start from (default local)")
     p.add_argument("--save-profile", default=None, metavar="YAML",
                    help="write the profile refitted from every configuration here")
+    p.add_argument("--trace-dir", default=None, metavar="DIR",
+                   help="write one Chrome trace per configuration here: the refit's "
+                        "predicted and the executor's measured timeline of every rank")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
@@ -62,6 +65,9 @@ def run(args) -> int:
         if target.is_dir() or not target.parent.is_dir():
             raise InputError("--save-profile", f"{target} is a directory or its directory "
                              "does not exist")
+    trace_dir = Path(args.trace_dir) if args.trace_dir else None
+    if trace_dir is not None and trace_dir.exists() and not trace_dir.is_dir():
+        raise InputError("--trace-dir", f"{trace_dir} exists and is not a directory")
     store_path = Path(args.store) if args.store else default_store_path()
     try:
         store_path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,7 +82,8 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix="fapool-validate-") as tmp:
         try:
             report = validate(configs, store_path, Path(tmp), model, profile, say,
-                              args.repeats, refit_all=bool(args.save_profile))
+                              args.repeats, refit_all=bool(args.save_profile),
+                              trace_dir=trace_dir)
         except RuntimeError as err:
             sys.stderr.write(f"fapool validate: error: {err}\n")
             return 1
@@ -110,6 +117,9 @@ def format_report(r: dict) -> str:
     if hosts:
         lines.append(f"host time per op fitted without each configuration: "
                      f"{min(hosts):.1f}-{max(hosts):.1f} us")
+    for phase, kinds in r.get("op_mape", {}).items():
+        lines.append(f"{phase:>9} per op kind, refit MAPE: " + ", ".join(
+            f"{k} {v:.1f} %" for k, v in kinds.items()))
     lines.append(f"measured = {r['measure']}; refit = {r['holdout']}; bias (not in refit) = "
                  f"{r['bias']['note']}; store {r['store']}")
     return "\n".join(lines)

@@ -42,6 +42,7 @@ class Event:
     microbatch: int
     layer: int
     phase: str
+    op: str = ""       # the schedule's op kind (gemm, attention, memory, ffn, isend, ...)
 
 
 class Lanes:
@@ -136,12 +137,12 @@ class Machine:
             yield self.env.timeout(self.host_s * ops)
             self.busy[unit] = self.busy.get(unit, 0.0) + self.host_s * ops
 
-    def compute(self, cost: OpCost, unit: str, mb: int, layer: int):
+    def compute(self, cost: OpCost, unit: str, mb: int, layer: int, op_kind: str = ""):
         """Process: a compute op on the unit (its cores held on a CPU cluster)."""
         start = self.env.now
         yield from self._hold(self._cores(self.units[unit]), cost.seconds)
         self.busy[unit] = self.busy.get(unit, 0.0) + cost.seconds
-        self._account(cost, (unit,), start, mb, layer)
+        self._account(cost, (unit,), start, mb, layer, op_kind=op_kind)
 
     def compute_run(self, run: list, unit: str):
         """Process: consecutive compute ops [(op, OpCost)] of a unit with no cores to
@@ -156,18 +157,19 @@ class Machine:
             self.op_time += cost.seconds
             if self.record and cost.seconds > 0:
                 self.events.append(Event(cost.name, "compute", (unit,), at, at + cost.seconds,
-                                         op.mb, op.layer, self.phase))
+                                         op.mb, op.layer, self.phase, op.kind))
             at += cost.seconds
 
-    def collective(self, cost: OpCost, unit: str, mb: int, layer: int):
+    def collective(self, cost: OpCost, unit: str, mb: int, layer: int, op_kind: str = ""):
         """Process: a collective among the unit's own ranks (all its lanes taken)."""
         u = self.units[unit]
         start = reserve(self.lanes, self._links([unit], len(u.ranks)), self.env.now,
                         cost.seconds)
         yield self.env.timeout(start + cost.seconds - self.env.now)
-        self._account(cost, (unit,), start, mb, layer)
+        self._account(cost, (unit,), start, mb, layer, op_kind=op_kind)
 
-    def post(self, key: tuple, parties, me: str, cost: OpCost, mb: int, layer: int):
+    def post(self, key: tuple, parties, me: str, cost: OpCost, mb: int, layer: int,
+             op_kind: str = ""):
         """Post this unit's side of transfer `key`; returns its done event.  The transfer
         runs once every party has posted."""
         t = self.transfers.get(key)
@@ -179,15 +181,15 @@ class Machine:
             start = reserve(self.lanes, self._links(units), self.env.now, cost.seconds)
             self.env.timeout(start + cost.seconds - self.env.now).callbacks.append(
                 lambda _: t.done.succeed())
-            self._account(cost, units, start, mb, layer, start + cost.seconds)
+            self._account(cost, units, start, mb, layer, start + cost.seconds, op_kind)
         return t.done
 
     def _account(self, cost: OpCost, units: tuple, start: float, mb: int, layer: int,
-                 end: float | None = None):
+                 end: float | None = None, op_kind: str = ""):
         self.op_time += cost.seconds
         if cost.kind == "comm":
             self.comm_time += cost.seconds
         if self.record and cost.seconds > 0:
             self.events.append(Event(cost.name, cost.kind, units, start,
                                      self.env.now if end is None else end, mb, layer,
-                                     self.phase))
+                                     self.phase, op_kind))

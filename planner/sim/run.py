@@ -101,7 +101,7 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
                 run.append((op, cost))
             else:
                 yield from machine.host(unit, 1)
-                yield from machine.compute(cost, unit, op.mb, op.layer)
+                yield from machine.compute(cost, unit, op.mb, op.layer, op.kind)
                 _finished(op, last, env.now, finishes)
             continue
         if run:
@@ -113,7 +113,7 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
             break
         yield from machine.host(unit, len(op.lanes) if single and op.lanes else 1)
         if op.kind in COLLECTIVES:
-            yield from machine.collective(cost, unit, op.mb, op.layer)
+            yield from machine.collective(cost, unit, op.mb, op.layer, op.kind)
         elif op.kind == "wait":
             yield pending.pop(op.key + (op.peer,))
         else:
@@ -121,7 +121,7 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
             key = op.key + ((op.group[0], "*") if op.group else
                             (unit, op.peer) if sending else (op.peer, unit))
             done = machine.post(key, op.group or (unit, op.peer), unit, cost, op.mb,
-                                op.layer)
+                                op.layer, op.kind)
             if op.kind in POSTS:
                 pending[op.key + (op.peer,)] = done
             elif op.kind in BLOCKING:
