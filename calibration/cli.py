@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from calibration.errors import InputError
-from calibration.fingerprint import cpu_cores
+from calibration.fingerprint import cpu_cores, loopback_link
 
 EPILOG = """examples:
   fapool calibrate --quick --world-size 2 --backend gloo --out /tmp/local.yaml
@@ -129,8 +129,9 @@ def _measure(args, out: Path) -> int:
     cores = cpu_cores()
     threads = max(1, cores // world)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    link = loopback_link(world, cores)
     meta = {"quick": args.quick, "threads_per_process": threads, "device": device,
-            "link": "loopback", "loadavg_1min_at_start": load}
+            "link": link, "loadavg_1min_at_start": load}
     if load is not None and load > 0.5 * cores:
         print(f"warning: this machine is busy (load average {load:.1f} on {cores} "
               "cores): timings will be slower and noisier than on an idle machine",
@@ -152,7 +153,7 @@ def _measure(args, out: Path) -> int:
             from executor import kernels
             microbench.run_compute(sweep, device, threads, on_sample, kernels)
             deadline = 240.0 if args.quick else 1200.0
-            microbench.run_collectives(sweep, backend, world, "loopback", on_sample,
+            microbench.run_collectives(sweep, backend, world, link, on_sample,
                                        deadline_s=deadline)
     except microbench.CollectiveError as err:
         sys.stderr.write(f"fapool calibrate: error: {err} (run marked failed in the store)\n")

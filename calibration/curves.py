@@ -114,10 +114,12 @@ def attention_time(p: dict, dev: Device, batch: int, q_len: int, kv_len: int, he
 
 # ---------------------------------------------------------------- memory-bound ops
 def memory_time(p: dict, dev: Device, moved_bytes: float, kind: str = "copy") -> float:
-    """Norms, activations, copies: bytes moved over achieved HBM bandwidth, times the kind's
-    slow-down relative to a copy (1 where the op is bandwidth-bound, as on GPUs)."""
+    """Norms, activations, copies: (launch + bytes moved over achieved HBM bandwidth) times
+    the kind's slow-down relative to a copy (1 where the op is bandwidth-bound, as on GPUs).
+    The factor scales the launch too: an eager fp32 RMSNorm is several kernels (square,
+    mean, rsqrt, two multiplies, casts), each launched and each reading the tensor."""
     factor = 1.0 if kind == "copy" else p[f"{kind}_factor"]
-    return moved_bytes * factor / (dev.hbm_bandwidth * p["read_efficiency"]) + p["launch_s"]
+    return factor * (moved_bytes / (dev.hbm_bandwidth * p["read_efficiency"]) + p["launch_s"])
 
 
 # ---------------------------------------------------------------- collectives

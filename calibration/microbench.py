@@ -73,7 +73,7 @@ def sweep(quick: bool, device: str = "cpu") -> Sweep:
             + tuple((4, 1, kv, 8, kvh, 128, False) for kv in (256, 1024, 4096)
                     for kvh in (8, 2)),                                 # decode
             memory=tuple((kind, n) for kind in ("norm", "activation", "copy")
-                         for n in (MB // 4, 8 * MB)),
+                         for n in (4096, 64 << 10, MB // 4, 8 * MB)),   # one row .. 32 MB
             collective_bytes=(1 << 10, 16 << 10, 256 << 10, 4 * MB, 64 * MB),
             warmup=1, min_repeats=3, max_repeats=7, budget_s=0.05)
     return Sweep(
@@ -91,7 +91,7 @@ def sweep(quick: bool, device: str = "cpu") -> Sweep:
         + ((1, 32, 32, 4, 4, 16, False), (1, 32, 32, 4, 4, 16, True),
            (2, 1, 64, 4, 2, 16, False)),                                       # tiny
         memory=tuple((kind, n) for kind in ("norm", "activation", "copy")
-                     for n in (MB // 64, MB // 16, MB // 4, MB, 4 * MB, 16 * MB)),
+                     for n in (4096, MB // 64, MB // 16, MB // 4, MB, 4 * MB, 16 * MB)),
         collective_bytes=tuple(1 << p for p in range(10, 27, 2)),  # 1 KB .. 64 MB
         warmup=2, min_repeats=5, max_repeats=30, budget_s=0.3)
 
@@ -315,12 +315,36 @@ def _collective_worker(rank, world, port, backend, sw, timeout_s, out_path):
             results.append({"op": op, "bytes": size, "ranks": 2 if op == "send_recv" else world,
                             "times_s": [scale * float(t) for t in slowest.cpu()]})
             del tensor, gathered, fn
+        posts = _post_overhead(rank, device, min(sw.collective_bytes), 20 * sw.max_repeats)
         if rank == 0:
+            results.append({"op": "host_post", "bytes": min(sw.collective_bytes),
+                            "ranks": 2, "times_s": posts})
             with open(out_path, "w") as fh:
                 json.dump(results, fh)
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _post_overhead(rank: int, device: str, size: int, repeats: int) -> list:
+    """Per-call overhead of posting a message: the time rank 0 spends inside dist.isend
+    of `size` bytes to rank 1, which already waits in recv (the case of an executor rank
+    handing work to a waiting peer); the transfer itself is waited for apart.  Every
+    rank runs the same loop; ranks above 1 only meet the barriers."""
+    import torch.distributed as dist
+
+    tensor = torch.ones(size // 4, dtype=torch.float32, device=device)
+    times = []
+    for _ in range(repeats):
+        dist.barrier()
+        if rank == 0:
+            t0 = time.perf_counter()
+            work = dist.isend(tensor, dst=1)
+            times.append(time.perf_counter() - t0)
+            work.wait()
+        elif rank == 1:
+            dist.recv(tensor, src=0)
+    return times
 
 
 def _free_port() -> int:
@@ -359,6 +383,10 @@ def run_collectives(sw: Sweep, backend: str, world: int, link: str, on_sample,
         with open(out_path) as fh:
             results = json.load(fh)
     for item in results:
+        if item["op"] == "host_post":
+            on_sample("host_post", {"bytes": item["bytes"], "link": link}, item["times_s"],
+                      "float32", backend)
+            continue
         on_sample(item["op"], {"bytes": item["bytes"], "ranks": item["ranks"], "link": link},
                   item["times_s"], "float32", backend)
 

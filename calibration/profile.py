@@ -135,14 +135,18 @@ class Host:
     """Host (framework) time per op, spent on the rank that issues the op, serially with
     its work: Python and eager-mode dispatch, argument packing, posting a send.  0 where
     the host runs ahead of an asynchronous device queue (GPU kernel launches overlap the
-    kernels; the reference profiles); on a CPU it is measured (planner.validate)."""
+    kernels; the reference profiles); on a CPU `fapool calibrate` measures both parts:
+    op_overhead_s, the executor's interpreter around any op (a no-op kernel), and
+    post_overhead_s, the call that posts a message (dist.isend to a waiting peer), charged
+    on top for every message a rank posts or enters."""
 
     op_overhead_s: float = 0.0
     std: float = 0.0
     sources: tuple = ()
+    post_overhead_s: float = 0.0
 
     def __post_init__(self):
-        for name in ("op_overhead_s", "std"):
+        for name in ("op_overhead_s", "std", "post_overhead_s"):
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                     f"profile.host.{name}", f"must be a finite number >= 0, got {value!r}")
@@ -155,6 +159,8 @@ class Host:
 
     def to_dict(self) -> dict:
         out = {"op_overhead_s": float(self.op_overhead_s), "std": float(self.std)}
+        if self.post_overhead_s:
+            out["post_overhead_s"] = float(self.post_overhead_s)
         if self.sources:
             out["sources"] = list(self.sources)
         return out
@@ -256,12 +262,12 @@ class Profile:
             links[name] = Link(name, peak, _curve("link", body, f"profile.links.{name}"))
         host_raw = raw.get("host") or {}
         require(isinstance(host_raw, dict), "profile.host", "not a mapping")
-        unknown = set(host_raw) - {"op_overhead_s", "std", "sources"}
+        unknown = set(host_raw) - {"op_overhead_s", "std", "sources", "post_overhead_s"}
         require(not unknown, "profile.host", f"unknown keys {sorted(unknown)}")
         sources = host_raw.get("sources", [])
         require(isinstance(sources, list), "profile.host.sources", "must be a list of strings")
         host = Host(host_raw.get("op_overhead_s", 0.0), host_raw.get("std", 0.0),
-                    tuple(str(x) for x in sources))
+                    tuple(str(x) for x in sources), host_raw.get("post_overhead_s", 0.0))
         return cls(name=raw["name"], device=device, links=links,
                    description=str(raw.get("description", "")),
                    provenance=raw.get("provenance") or {}, host=host, **parsed)

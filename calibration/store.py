@@ -49,6 +49,7 @@ REQUIRED_PARAMS = {
     "attention": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim", "causal",
                   "dtype_bytes"),
     "memory": ("bytes", "kind"),
+    "host_post": ("bytes", "link"),
 }
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "broadcast", "gather", "send_recv")
 for _op in COLLECTIVE_OPS:

@@ -104,7 +104,7 @@ class Case:
         timeline: and when each ran (predicted-vs-measured traces)."""
         if not self.groups.in_plan:
             return
-        rt, role, timer, device = self.rt, self.role, self.timer, self.device
+        rt, timer, device = self.rt, self.timer, self.device
         timed = rep >= self.warmup
         timer.enabled = timed
         rt.record = self.verify and rep == self.warmup + self.steps - 1

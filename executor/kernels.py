@@ -59,6 +59,7 @@ def host_overhead(repeats: int = 2000) -> list:
 
     prog = RankProgram.__new__(RankProgram)
     prog.rt, prog.recorder = _Stub(), Recorder()
+    prog.prog, prog.at = [], 0           # nothing posted next: pack_qkv packs nothing
     prog.rt.timer.enabled = True
     op = compute("memory", "pack_qkv", 0, 0, bytes=0, kind="copy")   # its handler: no-op
     out = []

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from executor import attention
 from executor.model import ffn_partial, norm
 from executor.parallel import shard_layer, tp_shard
-from planner.schedule import (COLLECTIVES, COMPUTE, Op, Schedule, deal, query_blocks, ranges,
-                              seq_owner)
+from planner.schedule import (COLLECTIVES, COMPUTE, POSTS, Op, Schedule, deal, query_blocks,
+                              ranges, seq_owner)
 
 
 class KVCache:
@@ -106,6 +106,10 @@ class RankProgram:
             head = torch.zeros(spec.hidden, cols, dtype=rt.dtype, device=rt.device)
             head[:, :b - a] = w.lm_head[:, a:b].to(rt.device, rt.dtype)                             # (hidden, cols)
             layers = {i: _to(lw, rt) for i, lw in layers.items()}
+            # fused QKV (one GEMM, as the schedule costs it): (hidden, (hl + 2 kvl) * d)
+            self._wqkv = getattr(self, "_wqkv", {})
+            for i, lw in layers.items():
+                self._wqkv[key, i] = torch.cat([lw.wq, lw.wk, lw.wv], dim=1).contiguous()
             self._shards[key] = (s, layers, (a, b, embed), head,
                                  w.norm_f.to(rt.device, rt.dtype))
         return self._shards[key]
@@ -128,7 +132,8 @@ class RankProgram:
         self.works: dict = {}           # (label, layer, mb, lane, peer) -> (work, tensor)
         self.out_tokens = None
         spans = self.recorder.spans if self.recorder.timeline else None
-        for op, lane, peer in schedule.rank_program(self.rank):
+        self.prog = schedule.rank_program(self.rank)
+        for self.at, (op, lane, peer) in enumerate(self.prog):
             if spans is None:
                 self.step_op(op, lane, peer)
                 continue
@@ -183,8 +188,9 @@ class RankProgram:
         """Post or run one message (or this rank's side of a broadcast)."""
         tm, tag = self.rt.timer, self.sch.tag(op, lane)
         sends = op.kind in ("isend", "send") or (op.group and peer[0] == self.rank)
-        t = (self._payload(op, lane, peer).contiguous() if sends else
-             torch.empty(op.shape, dtype=self._dtype(op), device=self.rt.device))
+        packed = self.st.pop(("packed", op.label, op.layer, op.mb, lane, peer), None)
+        t = (packed if packed is not None else self._payload(op, lane, peer).contiguous()
+             if sends else torch.empty(op.shape, dtype=self._dtype(op), device=self.rt.device))
         link = self.rt.link(peer if op.group else (self.rank, peer))
         params = dict(bytes=t.numel() * t.element_size(),
                       ranks=len(peer) if op.group else 2, link=link)
@@ -277,10 +283,12 @@ class RankProgram:
     def c_qkv_proj(self, op: Op):
         lw, h, d = self.lw[op.layer], self.st["h", op.layer, op.mb], self.spec.head_dim
         n, s, _ = h.shape
-        for name, w in (("q", lw.wq), ("k", lw.wk), ("v", lw.wv)):
-            self.st[name, op.layer, op.mb] = (h @ w).view(n, s, -1, d)
-        return (("tokens", n * s), ("k", h.shape[-1]),
-                ("n", lw.wq.shape[1] + 2 * lw.wk.shape[1]))
+        w = self._wqkv[(len(self.unit.ranks), self.lane), op.layer]
+        qkv = (h @ w).view(n, s, -1, d)                     # (n, s, hl + 2 kvl, d)
+        hl, kvl = lw.wq.shape[1] // d, lw.wk.shape[1] // d
+        for name, t in zip(("q", "k", "v"), qkv.split([hl, kvl, kvl], dim=2)):
+            self.st[name, op.layer, op.mb] = t
+        return (("tokens", n * s), ("k", h.shape[-1]), ("n", w.shape[1]))
 
     def c_attention(self, op: Op):
         L, mb = op.layer, op.mb
@@ -299,7 +307,14 @@ class RankProgram:
         return _attn_what(q, k, kv_len)
 
     def c_pack_qkv(self, op: Op):
-        """Contiguous send buffers are made as each message is posted (_payload)."""
+        """Every message this (layer, micro-batch) posts next, packed contiguous now."""
+        for nxt, lane, peer in self.prog[self.at + 1:]:
+            if nxt.kind not in POSTS or (nxt.layer, nxt.mb) != (op.layer, op.mb):
+                break
+            if nxt.kind == "irecv":
+                continue
+            self.st["packed", nxt.label, op.layer, op.mb, lane, peer] = self._payload(
+                nxt, lane, peer).contiguous()
 
     def c_unpack_out(self, op: Op):
         L, mb = op.layer, op.mb

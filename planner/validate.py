@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import subprocess
 import sys
 import tempfile
@@ -55,7 +54,8 @@ from pathlib import Path
 import numpy as np
 
 from calibration.errors import require
-from calibration.profile import Host, Profile, load_profile
+from calibration.fingerprint import loopback_link
+from calibration.profile import Profile, load_profile
 from planner.cluster import PRESETS as CLUSTERS
 from planner.cluster import ClusterSpec
 from planner.model import PRESETS as MODELS
@@ -63,11 +63,12 @@ from planner.model import ModelSpec
 from planner.plan import ExecutorSettings, Plan, make_plan, resolve_microbatches, save_plan
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
+from planner.loopfit import (MEASURE_QUANTILE, METRICS, STAGES, RefitInputs,  # noqa: F401
+                             _err, e2e_corrections, mape, microbench_samples, ratio_errors,
+                             refit_inputs, refit_profile, robust_samples, summarize)
 from planner.workload import Workload
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MEASURE_QUANTILE = 10
-METRICS = ("ttft_ms", "tpot_ms")
 # Timed steps per configuration and run.  On this 2-core machine the p10 of 20-step chunks
 # of one launch moved by ~4 %; separate 10-step launches by 10-30 % (whole passes drift
 # with the machine, hence several passes, pooled).
@@ -154,13 +155,20 @@ def plan_configs(plan: Plan) -> list:
     return out
 
 
-def local_cluster(world: int) -> ClusterSpec:
+def local_cluster(world: int, profile: Profile | None = None) -> ClusterSpec:
+    """This machine as a cluster of `world` ranks; with a profile that has the loopback
+    link measured at that world size (calibration.fingerprint.loopback_link: processes
+    sharing cores), its messages use it."""
     c = CLUSTERS["local"]
-    return dataclasses.replace(c, gpus_per_node=max(c.gpus_per_node, world))
+    c = dataclasses.replace(c, gpus_per_node=max(c.gpus_per_node, world))
+    link = loopback_link(world, c.cores_per_node)
+    if profile is not None and link in profile.links:
+        c = dataclasses.replace(c, intra_link=link, inter_link=link)
+    return c
 
 
 def simulate_config(model: ModelSpec, cfg: Config, profile: Profile, record: bool = False):
-    cluster = local_cluster(cfg.strategy.max_gpus)
+    cluster = local_cluster(cfg.strategy.max_gpus, profile)
     r = simulate(cfg.spec(model), cluster, cfg.strategy, cfg.workload, profile=profile,
                  record=record, interval_samples=0)
     require(r.feasible, "config", f"{cfg.label} does not fit: {r.infeasible_reasons}")
@@ -217,162 +225,32 @@ def measured_from_store(store, run_ids: list) -> dict:
     return out
 
 
-# ------------------------------------------------------------------ refitting
-def robust_samples(samples: list) -> list:
-    """One sample per distinct (op, params): the repeats of every run that timed that shape
-    pooled, median_s replaced by their MEASURE_QUANTILE-th percentile (run_id: the first
-    run's).  Pooling gives the fit one point per shape, each from more repeats."""
-    merged: dict = {}
-    for s in samples:
-        key = (s["op"], json.dumps(s["params"], sort_keys=True))
-        if key not in merged:
-            merged[key] = dict(s, times_s=list(s.get("times_s") or []))
-        else:
-            merged[key]["times_s"].extend(s.get("times_s") or [])
-    out = []
-    for s in merged.values():
-        if s["times_s"]:
-            s["median_s"] = float(np.percentile(s["times_s"], MEASURE_QUANTILE))
-        out.append(s)
-    return out
-
-
-def microbench_samples(store) -> tuple:
-    """(samples, world size, fingerprint) of this store's newest machine's microbenchmark
-    runs (calibration.cli.select_runs), or ([], None, None) when there are none."""
-    from calibration.cli import select_runs
-    runs = store.runs(status="complete")
-    if not any(r["kind"] == "microbench" for r in runs):
-        return [], None, None
-    chosen = [r for r in select_runs(runs, None) if r["kind"] == "microbench"]
-    samples = [s for r in chosen for s in store.samples(run_id=r["id"])]
-    return samples, chosen[-1]["world_size"], chosen[-1]["fingerprint"]
-
-
-@dataclass(frozen=True)
-class RefitInputs:
-    """What every fold's refit reads, read from the store once: this machine's
-    microbenchmark samples (microbench_samples) and each executor run's operator samples
-    (its collectives dropped: calibration.fit.without_executor_collectives)."""
-    bench: list
-    world: int | None
-    fingerprint: dict | None
-    by_run: dict                   # executor run id -> [sample]
-
-
-def refit_inputs(store, executor_run_ids: list) -> RefitInputs:
-    from calibration.fit import without_executor_collectives
-    by_run = {rid: without_executor_collectives(
-        [s for s in store.samples(run_id=rid) if not s["op"].startswith("e2e_")], [rid])
-        for rid in executor_run_ids}
-    return RefitInputs(*microbench_samples(store), by_run)
-
-
-def refit_profile(inputs: RefitInputs, executor_run_ids: list, base: Profile,
-                  name: str = "local-refit") -> Profile:
-    """Profile refitted from microbenchmark samples (if any) + the given executor runs'
-    operator samples (calibration.fit.fit_local)."""
-    from calibration.fit import fit_local
-    bench = inputs.bench
-    ex = [s for rid in executor_run_ids for s in inputs.by_run[rid]]
-    world = inputs.world or 2
-    ram = float((inputs.fingerprint or {}).get("ram_bytes") or base.device.hbm_bytes * world)
-    provenance = {"runs": sorted({s["run_id"] for s in bench + ex}),
-                  "method": "planner.validate: calibration.fit.fit_local on microbenchmark "
-                            "+ executor operator samples (one point per shape: "
-                            f"p{MEASURE_QUANTILE} of the repeats of every run)"}
-    samples = robust_samples(bench + ex)
-    refit = fit_local(samples, name, base.device.name, ram, world, provenance,
-                      default_links=base.links, balance=True)
-    if refit.host == Host():        # no host measurement in the store: the base's stands
-        refit = dataclasses.replace(refit, host=base.host)
-    return refit
-
-
-def e2e_corrections(rows: list) -> dict:
-    """{(family, metric): (0, b)} with measured ~ b * predicted_refit over rows of that
-    family (Config.family; the kind when rows carry none): b the geometric mean of m / p."""
-    acc: dict = {}
-    for r in rows:
-        for m in METRICS:
-            acc.setdefault((r.get("family", r["kind"]), m), []).append((r["predicted_refit"][m],
-                                                       r["measured"][m]))
-    out = {}
-    for key, pts in acc.items():
-        p = np.array([x for x, _ in pts])
-        meas = np.array([y for _, y in pts])
-        out[key] = (0.0, float(math.exp(np.mean(np.log(meas / p)))))
-    return out
-
-
-# ------------------------------------------------------------------ errors
-def _err(pred: float, meas: float) -> float:
-    return (pred - meas) / meas * 100.0
-
-
-def mape(rows: list, key: str, metric: str) -> float:
-    return float(np.mean([abs(_err(r[key][metric], r["measured"][metric])) for r in rows]))
-
-
-def ratio_errors(rows: list, key: str) -> list:
-    """|predicted FA Pool / baseline ratio / measured ratio - 1| in percent, per pair (same
-    model, batch and length: Config.pair) where both strategies ran, per metric."""
-    out = []
-    by_pair: dict = {}
-    for r in rows:
-        pair = tuple(r.get("pair") or (r["seq_len"],))
-        by_pair.setdefault(pair, {}).setdefault(r["kind"], []).append(r)
-    for _, kinds in sorted(by_pair.items()):
-        if "static" not in kinds or "fapool" not in kinds:
-            continue
-        base, n = kinds["static"][0], kinds["static"][0]["seq_len"]
-        for fa in kinds["fapool"]:
-            for m in METRICS:
-                pred = fa[key][m] / base[key][m]
-                meas = fa["measured"][m] / base["measured"][m]
-                out.append({"seq_len": n, "config": fa["label"], "metric": m,
-                            "predicted": round(pred, 4), "measured": round(meas, 4),
-                            "error_pct": round(_err(pred, meas), 2)})
-    return out
-
-
-# report stage -> the prediction key of a row: the shipped profile, the refit (curves and
-# host time per op, leave-one-out), and the refit times a per-family bias (reported apart)
-STAGES = {"before": "predicted", "refit": "predicted_refit",
-          "with_bias": "predicted_with_bias"}
-
-
-def summarize(rows: list, key: str) -> dict:
-    """MAPE in % of TTFT, TPOT and the FA Pool / static ratio, for the prediction `key`."""
-    ratios = ratio_errors(rows, key)
-    return {"ttft": round(mape(rows, key, "ttft_ms"), 2),
-            "tpot": round(mape(rows, key, "tpot_ms"), 2),
-            "ratio": round(float(np.mean([abs(r["error_pct"]) for r in ratios])), 2)
-            if ratios else None,
-            "ratios": ratios}
-
-
 # ------------------------------------------------------------------ the loop
-def ensure_microbenchmarks(store_path: Path, tick) -> None:
-    """Calibrate what runs: a store without a microbenchmark run of this machine gets one
-    (`fapool calibrate --quick --world-size 2`: the executor's kernels and host time per
-    op), in a subprocess, as planner never imports torch."""
+def ensure_microbenchmarks(store_path: Path, worlds, tick) -> None:
+    """Calibrate what runs: every world size the loop runs gets a microbenchmark run of
+    this machine in the store unless it has one (`fapool calibrate --quick --world-size
+    W`: the executor's kernels, its host time per op, and the loopback link among W
+    processes), in a subprocess, as planner never imports torch."""
+    from calibration.fingerprint import fingerprint
     from calibration.store import Store
     store = Store(store_path)
     try:
-        if any(r["kind"] == "microbench" for r in store.runs(status="complete")):
-            return
+        me = fingerprint().get("hostname_sha256")
+        have = {r["world_size"] for r in store.runs(kind="microbench", status="complete")
+                if r["fingerprint"].get("hostname_sha256") == me}
     finally:
         store.close()
-    tick("no microbenchmarks of this machine in the store: fapool calibrate --quick first")
-    with tempfile.TemporaryDirectory(prefix="fapool-calibrate-") as tmp:
-        cmd = [sys.executable, "-m", "planner.cli", "calibrate", "--quick", "--world-size",
-               "2", "--store", str(store_path), "--out", str(Path(tmp) / "p.yaml")]
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
-                              timeout=600)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"calibration failed: {last}")
+    for world in sorted(set(worlds) - have):
+        tick(f"no microbenchmarks of {world} processes on this machine in the store: "
+             f"fapool calibrate --quick --world-size {world} first")
+        with tempfile.TemporaryDirectory(prefix="fapool-calibrate-") as tmp:
+            cmd = [sys.executable, "-m", "planner.cli", "calibrate", "--quick", "--world-size",
+                   str(world), "--store", str(store_path), "--out", str(Path(tmp) / "p.yaml")]
+            proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
+                                  timeout=600)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise RuntimeError(f"calibration failed: {last}")
 
 
 def _measure(plans: list, store_path: Path, repeats: int, tick, runner) -> tuple:
@@ -413,7 +291,8 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
     require(repeats >= 1, "--repeats", f"must be >= 1, got {repeats}")
     tick = progress or (lambda msg: None)
     if calibrate:
-        ensure_microbenchmarks(store_path, tick)
+        ensure_microbenchmarks(store_path, {max(2, c.strategy.max_gpus) for c in configs},
+                               tick)
     # micro-batch counts explicit, as the plans state them (an older plan.json may not)
     configs = [dataclasses.replace(c, strategy=resolve_microbatches(
         c.spec(model), c.strategy, c.workload, profile)) for c in configs]
@@ -422,7 +301,7 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
         pred = predict(model, cfg, profile)
         spec = cfg.spec(model)
         dtype = {4: "float32", 2: "bfloat16"}.get(spec.dtype_bytes, "float32")
-        plan = make_plan(spec, local_cluster(cfg.strategy.max_gpus), cfg.strategy,
+        plan = make_plan(spec, local_cluster(cfg.strategy.max_gpus, profile), cfg.strategy,
                          cfg.workload, profile, {k: round(v, 4) for k, v in pred.items()},
                          ExecutorSettings(dtype=dtype, timeout_s=300.0))
         path = work_dir / f"plan_{i}.json"

@@ -62,11 +62,12 @@ def test_quick_run_writes_a_profile_whose_predictions_meet_its_stated_error(quic
     samples = store.samples(run_id=run["id"])
     ops = {s["op"] for s in samples}
     assert ops == {"gemm", "attention", "memory", "all_reduce", "all_gather", "broadcast",
-                   "gather", "send_recv", "host_op"}
+                   "gather", "send_recv", "host_op", "host_post"}
     assert profile.host.op_overhead_s > 0                  # measured directly (host_op)
+    assert profile.host.post_overhead_s > 0                # and posting a message
     impls = {s["params"].get("impl") for s in samples if s["op"] == "attention"}
     assert impls <= {"sdpa", "flash_attn"}                 # executor.attention's kernels
-    samples = [s for s in samples if s["op"] != "host_op"]
+    samples = [s for s in samples if not s["op"].startswith("host_")]
     sizes = {s["params"]["bytes"] for s in samples if s["op"] == "all_reduce"}
     assert min(sizes) <= 1024 and max(sizes) >= 64 << 20
     families = {"gemm": profile.gemm, "attention": profile.attention, "memory": profile.memory}

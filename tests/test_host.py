@@ -11,7 +11,7 @@ from calibration.profile import Host, Profile, save_profile
 from planner import validate as V
 from planner.model import PRESETS
 from planner.simulate import simulate
-from planner.strategy import FAPoolStrategy, StaticStrategy
+from planner.strategy import StaticStrategy
 from planner.workload import Workload
 
 TINY = PRESETS["tiny"]

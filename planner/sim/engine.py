@@ -88,6 +88,7 @@ class Machine:
     cores_per_node: int = 0              # >0: compute ops of a node share this many cores
     nics_per_node: int = 1
     host_s: float = 0.0                  # host time per issued op (profile.host)
+    post_s: float = 0.0                  # and per message posted or entered
     events: list = field(default_factory=list)
     busy: dict = field(default_factory=dict)     # unit -> compute (+ host) seconds
     comm_time: float = 0.0                       # seconds of transfers and collectives
@@ -131,11 +132,13 @@ class Machine:
         return need
 
     # ------------------------------------------------------------ ops
-    def host(self, unit: str, ops: int):
-        """Process: host time of `ops` issued operations on the unit (Python, dispatch)."""
-        if self.host_s > 0 and ops:
-            yield self.env.timeout(self.host_s * ops)
-            self.busy[unit] = self.busy.get(unit, 0.0) + self.host_s * ops
+    def host(self, unit: str, ops: int, posts: int = 0):
+        """Process: host time of `ops` issued operations on the unit (Python, dispatch),
+        `posts` of which post or enter a message."""
+        seconds = self.host_s * ops + self.post_s * posts
+        if seconds > 0:
+            yield self.env.timeout(seconds)
+            self.busy[unit] = self.busy.get(unit, 0.0) + seconds
 
     def compute(self, cost: OpCost, unit: str, mb: int, layer: int, op_kind: str = ""):
         """Process: a compute op on the unit (its cores held on a CPU cluster)."""

@@ -111,7 +111,8 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
             run = []
         if op is None:
             break
-        yield from machine.host(unit, len(op.lanes) if single and op.lanes else 1)
+        issued = len(op.lanes) if single and op.lanes else 1
+        yield from machine.host(unit, issued, issued if op.kind in POSTS + BLOCKING else 0)
         if op.kind in COLLECTIVES:
             yield from machine.collective(cost, unit, op.mb, op.layer, op.kind)
         elif op.kind == "wait":
@@ -141,7 +142,8 @@ def run_schedule(cm: CostModel, schedule: Schedule, record: bool) -> tuple:
     machine = Machine(env, units, schedule.phase, record,
                       cores_per_node=cluster.cores_per_node,
                       nics_per_node=cluster.nics_per_node,
-                      host_s=cm.profile.host.op_overhead_s)
+                      host_s=cm.profile.host.op_overhead_s,
+                      post_s=cm.profile.host.post_overhead_s)
     coster = Coster(cm, schedule)
     finishes: dict = {}
     for name in units:
