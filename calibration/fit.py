@@ -435,10 +435,14 @@ def host_from_samples(samples: list[dict]):
         return None
     q25, q50, q75 = np.percentile(times, [25, 50, 75])
     runs = sorted({s["run_id"] for s in samples if s["op"] == "host_op"})
-    posts = [t for s in samples if s["op"] == "host_post" for t in s.get("times_s") or ()]
     sources = [f"measured: executor.kernels.host_overhead, runs {runs}"]
-    if posts:
-        sources.append("post_overhead_s measured: dist.isend to a waiting peer, runs "
-                       f"{sorted({s['run_id'] for s in samples if s['op'] == 'host_post'})}")
+    medians = {}
+    for op, what in (("host_post", "post_overhead_s: dist.isend to a waiting peer"),
+                     ("host_wake", "wake_s: small ops right after a message woke the rank")):
+        times = [t for s in samples if s["op"] == op for t in s.get("times_s") or ()]
+        medians[op] = float(np.median(times)) if times else 0.0
+        if times:
+            sources.append(f"{what}, runs "
+                           f"{sorted({s['run_id'] for s in samples if s['op'] == op})}")
     return Host(float(q50), float((q75 - q25) / 1.349),        # IQR -> sigma (normal)
-                tuple(sources), float(np.median(posts)) if posts else 0.0)
+                tuple(sources), medians["host_post"], medians["host_wake"])

@@ -138,15 +138,17 @@ class Host:
     kernels; the reference profiles); on a CPU `fapool calibrate` measures both parts:
     op_overhead_s, the executor's interpreter around any op (a no-op kernel), and
     post_overhead_s, the call that posts a message (dist.isend to a waiting peer), charged
-    on top for every message a rank posts or enters."""
+    on top for every message a rank posts or enters; wake_s, what a rank loses on its next
+    compute after a message wakes it from waiting (caches and core refilled)."""
 
     op_overhead_s: float = 0.0
     std: float = 0.0
     sources: tuple = ()
     post_overhead_s: float = 0.0
+    wake_s: float = 0.0
 
     def __post_init__(self):
-        for name in ("op_overhead_s", "std", "post_overhead_s"):
+        for name in ("op_overhead_s", "std", "post_overhead_s", "wake_s"):
             value = getattr(self, name)
             require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                     f"profile.host.{name}", f"must be a finite number >= 0, got {value!r}")
@@ -159,8 +161,9 @@ class Host:
 
     def to_dict(self) -> dict:
         out = {"op_overhead_s": float(self.op_overhead_s), "std": float(self.std)}
-        if self.post_overhead_s:
-            out["post_overhead_s"] = float(self.post_overhead_s)
+        for name in ("post_overhead_s", "wake_s"):
+            if getattr(self, name):
+                out[name] = float(getattr(self, name))
         if self.sources:
             out["sources"] = list(self.sources)
         return out
@@ -262,12 +265,14 @@ class Profile:
             links[name] = Link(name, peak, _curve("link", body, f"profile.links.{name}"))
         host_raw = raw.get("host") or {}
         require(isinstance(host_raw, dict), "profile.host", "not a mapping")
-        unknown = set(host_raw) - {"op_overhead_s", "std", "sources", "post_overhead_s"}
+        unknown = set(host_raw) - {"op_overhead_s", "std", "sources", "post_overhead_s",
+                                   "wake_s"}
         require(not unknown, "profile.host", f"unknown keys {sorted(unknown)}")
         sources = host_raw.get("sources", [])
         require(isinstance(sources, list), "profile.host.sources", "must be a list of strings")
         host = Host(host_raw.get("op_overhead_s", 0.0), host_raw.get("std", 0.0),
-                    tuple(str(x) for x in sources), host_raw.get("post_overhead_s", 0.0))
+                    tuple(str(x) for x in sources), host_raw.get("post_overhead_s", 0.0),
+                    host_raw.get("wake_s", 0.0))
         return cls(name=raw["name"], device=device, links=links,
                    description=str(raw.get("description", "")),
                    provenance=raw.get("provenance") or {}, host=host, **parsed)

@@ -50,6 +50,7 @@ REQUIRED_PARAMS = {
                   "dtype_bytes"),
     "memory": ("bytes", "kind"),
     "host_post": ("bytes", "link"),
+    "host_wake": ("bytes", "link"),
 }
 COLLECTIVE_OPS = ("all_reduce", "all_gather", "broadcast", "gather", "send_recv")
 for _op in COLLECTIVE_OPS:

@@ -62,7 +62,7 @@ def test_quick_run_writes_a_profile_whose_predictions_meet_its_stated_error(quic
     samples = store.samples(run_id=run["id"])
     ops = {s["op"] for s in samples}
     assert ops == {"gemm", "attention", "memory", "all_reduce", "all_gather", "broadcast",
-                   "gather", "send_recv", "host_op", "host_post"}
+                   "gather", "send_recv", "host_op", "host_post", "host_wake"}
     assert profile.host.op_overhead_s > 0                  # measured directly (host_op)
     assert profile.host.post_overhead_s > 0                # and posting a message
     impls = {s["params"].get("impl") for s in samples if s["op"] == "attention"}

@@ -89,6 +89,7 @@ class Machine:
     nics_per_node: int = 1
     host_s: float = 0.0                  # host time per issued op (profile.host)
     post_s: float = 0.0                  # and per message posted or entered
+    wake_s: float = 0.0                  # on the first compute after waiting for a message
     events: list = field(default_factory=list)
     busy: dict = field(default_factory=dict)     # unit -> compute (+ host) seconds
     comm_time: float = 0.0                       # seconds of transfers and collectives

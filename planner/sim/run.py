@@ -88,15 +88,21 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
                  finishes: dict):
     """Process: one unit's program, op after op.  finishes[mb]: when micro-batch mb's last
     layer ended (its final residual add).  Where no CPU cores are shared, a run of
-    consecutive compute ops is one timeout (same times, fewer events)."""
+    consecutive compute ops is one timeout (same times, fewer events).  A unit that had to
+    wait for a message pays the profile's wake time (host.wake_s) on its next compute."""
     env = machine.env
     single = len(schedule.units[unit].ranks) == 1
     pending = {}                                   # (label, layer, mb, peer) -> done event
     last = schedule.layout.model.layers - 1
     merge = not machine.cores_per_node
     run = []                                       # pending compute ops (merge mode)
+    woken = False                                  # waited for a message since last compute
     for op, cost in coster.program(unit) + [(None, None)]:
         if op is not None and op.kind in COMPUTE:
+            if woken and machine.wake_s:          # the rank slept in a wait: refill
+                yield env.timeout(machine.wake_s)
+                machine.busy[unit] = machine.busy.get(unit, 0.0) + machine.wake_s
+            woken = False
             if merge:
                 run.append((op, cost))
             else:
@@ -116,7 +122,9 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
         if op.kind in COLLECTIVES:
             yield from machine.collective(cost, unit, op.mb, op.layer, op.kind)
         elif op.kind == "wait":
-            yield pending.pop(op.key + (op.peer,))
+            done = pending.pop(op.key + (op.peer,))
+            woken = woken or not done.triggered
+            yield done
         else:
             sending = op.kind in ("isend", "send") or (op.group and op.group[0] == unit)
             key = op.key + ((op.group[0], "*") if op.group else
@@ -126,6 +134,7 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
             if op.kind in POSTS:
                 pending[op.key + (op.peer,)] = done
             elif op.kind in BLOCKING:
+                woken = woken or not done.triggered
                 yield done
 
 
@@ -143,7 +152,8 @@ def run_schedule(cm: CostModel, schedule: Schedule, record: bool) -> tuple:
                       cores_per_node=cluster.cores_per_node,
                       nics_per_node=cluster.nics_per_node,
                       host_s=cm.profile.host.op_overhead_s,
-                      post_s=cm.profile.host.post_overhead_s)
+                      post_s=cm.profile.host.post_overhead_s,
+                      wake_s=cm.profile.host.wake_s)
     coster = Coster(cm, schedule)
     finishes: dict = {}
     for name in units:
