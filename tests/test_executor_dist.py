@@ -136,6 +136,10 @@ def fault_plan(tmp_path_factory):
                                               ("exit", 1, "died (exit status 3)"),
                                               ("hang", 3, "stalled")])
 def test_fault_ends_run_naming_rank(fault_plan, fault, rank, words):
+    """The run ends within the timeout plus the kill grace.  Measured over 10 runs with
+    two CPU-bound processes beside it: the hang ends 20.36-20.46 s after launch (at most
+    0.46 s past the 20 s timeout), raise and exit 3.8-4.3 s; the bound allows 20 s past
+    the timeout (40 s, about 2x the worst elapsed)."""
     timeout = 20.0
     t0 = time.monotonic()
     res = launch([fault_plan], 4, timeout, ["--steps", "1"],
@@ -144,7 +148,7 @@ def test_fault_ends_run_naming_rank(fault_plan, fault, rank, words):
     assert not res.ok
     assert f"rank {rank} " in res.error and words in res.error, res.error
     assert "\n" not in res.error
-    assert elapsed < timeout + 15
+    assert elapsed < timeout + 20
     assert len(res.pids) == 5         # 4 ranks, then torchrun (the launch went through it)
     assert not any(_alive(pid) for pid in res.pids)
     assert not _strays(res.run_dir)
