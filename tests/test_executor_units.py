@@ -10,9 +10,9 @@ torch = pytest.importorskip("torch")
 
 from executor import attention  # noqa: E402
 from executor.model import make_weights  # noqa: E402
-from executor.parallel import assemble_kv, shard_layer, tp_shard  # noqa: E402
+from executor.parallel import shard_layer, tp_shard  # noqa: E402
 from planner.schedule import query_blocks as q_segments  # noqa: E402
-from planner.schedule import subtree, tree_children  # noqa: E402
+from planner.schedule import kv_lanes, subtree, tree_children  # noqa: E402
 from executor.reference import forward, naive_attention, verify  # noqa: E402
 from planner.model import PRESETS  # noqa: E402
 
@@ -93,9 +93,10 @@ def test_weights_are_deterministic_and_tp_shards_reassemble():
         shards = [shard_layer(lw, spec, tp_shard(spec, tp, i)) for i in range(tp)]
         assert torch.equal(torch.cat([s.wq for s in shards], 1), lw.wq)
         assert torch.equal(torch.cat([s.w_down for s in shards], 0), lw.w_down)
-        d = spec.head_dim
-        ks = [s.wk.view(spec.hidden, -1, d).unsqueeze(0) for s in shards]   # (1, h, kv, d)
-        assert torch.equal(assemble_kv(ks, spec, tp)[0].reshape(spec.hidden, -1), lw.wk)
+        # the K/V lanes (planner.schedule.kv_lanes) send each K/V head once, in order: the
+        # pool's concatenation of what they send is the whole K
+        owners = [shards[i].wk for i in kv_lanes(spec, tp)]
+        assert torch.equal(torch.cat(owners, 1), lw.wk)
 
 
 def test_verify_fails_on_a_perturbed_run():
