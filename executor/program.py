@@ -133,7 +133,8 @@ class RankProgram:
         self.out_tokens = None
         spans = self.recorder.spans if self.recorder.timeline else None
         self.prog = schedule.rank_program(self.rank)
-        for self.at, (op, lane, peer) in enumerate(self.prog):
+        for at, (op, lane, peer) in enumerate(self.prog):
+            self.at = at                  # pack_qkv looks at the posts that follow
             if spans is None:
                 self.step_op(op, lane, peer)
                 continue

@@ -412,8 +412,7 @@ def _tree_ops(b: _Builder, unit: str, label: str, idx: int, pool: int, layer: in
                     peer=units[tree_parent(idx)], lanes=lanes))
 
 
-def _fapool(b: _Builder, layout: Layout, strategy: FAPoolStrategy, pool: int,
-            units: dict) -> None:
+def _fapool(b: _Builder, strategy: FAPoolStrategy, pool: int) -> None:
     m, tp, d = b.model, b.tp, b.model.head_dim
     lanes, kvl = tuple(range(tp)), kv_lanes(m, tp)
     members = ["base"] + [f"pool{p}" for p in range(pool)]     # tree member index -> unit
@@ -574,7 +573,7 @@ def _fapool(b: _Builder, layout: Layout, strategy: FAPoolStrategy, pool: int,
                 serve(p, layer, mb)
 
 
-def _static(b: _Builder, layout: Layout, units: dict) -> None:
+def _static(b: _Builder, layout: Layout) -> None:
     m, pp = b.model, layout.strategy.pp
     lanes = tuple(range(b.tp))
     for s in range(pp):
@@ -630,9 +629,9 @@ def build_schedule(layout: Layout, rows: tuple, input_len: int, step: int = 0,
     units = plan_units(layout, pool)
     b = _Builder(layout, tp, list(rows), q_len, kv_len, step, all_positions)
     if isinstance(s, StaticStrategy):
-        _static(b, layout, units)
+        _static(b, layout)
     else:
-        _fapool(b, layout, s, pool, units)
+        _fapool(b, s, pool)
     programs = {name: tuple(b.programs.get(name, ())) for name in units}
     return Schedule(layout, "prefill" if step == 0 else "decode", step, tuple(rows), q_len,
                     kv_len, pool, units, programs)
