@@ -27,11 +27,9 @@ def attention_fn(device, dtype, batch, q_len, kv_len, heads, kv_heads, head_dim,
     k = torch.randn(batch, kv_len, kv_heads, head_dim, device=device, dtype=dtype)
     v = torch.randn_like(k)
     impl = "flash_attn" if attention.use_flash(q) else "sdpa"
-    if q_len == 1 and not causal:
-        return (lambda: attention.decode_full(q, k, v, kv_len)), impl
-    if causal:
+    if causal:                          # the last q_len positions of kv_len (bottom-right)
         return (lambda: attention.causal_block(q, k, v)), impl
-    return (lambda: attention.decode_full(q, k, v, kv_len)), impl
+    return (lambda: attention.decode_full(q, k, v, kv_len)), impl   # sees every key
 
 
 def memory_fn(device, dtype, kind, elements):

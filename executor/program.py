@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
@@ -23,8 +24,7 @@ import torch.distributed as dist
 from executor import attention
 from executor.model import ffn_partial, norm
 from executor.parallel import shard_layer, tp_shard
-from planner.schedule import (COLLECTIVES, COMPUTE, POSTS, Op, Schedule, deal, query_blocks,
-                              ranges, seq_owner)
+from planner.schedule import COLLECTIVES, COMPUTE, POSTS, Op, Schedule
 
 
 class KVCache:
@@ -72,6 +72,9 @@ def expected_row(op: Op, lane: int, peer) -> tuple:
     return (op.kind, op.label, op.layer, op.mb, (tuple(op.shape), op.bytes, peer))
 
 
+# the state a collective of this label works on, where it is not named after the label
+REDUCES = {"embedding": "x"}
+
 RECORDED = {"gemm": ("tokens", "k", "n"),
             "attention": ("batch", "q_len", "kv_len", "heads", "kv_heads", "head_dim"),
             "ffn": ("tokens", "ffn_shard")}
@@ -90,11 +93,12 @@ class RankProgram:
         self.unit = None                 # set per schedule
         self.cache: dict = {}            # (layer, mb) -> KVCache
         self.weights = weights
-        self._shards: dict = {}
+        self._shards: dict = {}          # (tp, lane) -> that lane's weights
 
     # ------------------------------------------------------------ weights
     def shard(self, tp: int, lane: int) -> tuple:
-        """(Shard, per-layer sharded weights, embedding rows, LM head columns) of a lane."""
+        """(per-layer sharded weights, fused QKV per layer, embedding rows, LM head columns,
+        final norm) of a lane."""
         key = (tp, lane)
         if key not in self._shards:
             rt, w, spec = self.rt, self.weights, self.spec
@@ -104,13 +108,12 @@ class RankProgram:
             a, b = min(lane * cols, spec.vocab), min((lane + 1) * cols, spec.vocab)
             embed = w.embed[a:b].to(rt.device, rt.dtype)                   # (rows, hidden)
             head = torch.zeros(spec.hidden, cols, dtype=rt.dtype, device=rt.device)
-            head[:, :b - a] = w.lm_head[:, a:b].to(rt.device, rt.dtype)                             # (hidden, cols)
+            head[:, :b - a] = w.lm_head[:, a:b].to(rt.device, rt.dtype)   # (hidden, cols)
             layers = {i: _to(lw, rt) for i, lw in layers.items()}
             # fused QKV (one GEMM, as the schedule costs it): (hidden, (hl + 2 kvl) * d)
-            self._wqkv = getattr(self, "_wqkv", {})
-            for i, lw in layers.items():
-                self._wqkv[key, i] = torch.cat([lw.wq, lw.wk, lw.wv], dim=1).contiguous()
-            self._shards[key] = (s, layers, (a, b, embed), head,
+            wqkv = {i: torch.cat([lw.wq, lw.wk, lw.wv], dim=1).contiguous()
+                    for i, lw in layers.items()}
+            self._shards[key] = (layers, wqkv, (a, b, embed), head,
                                  w.norm_f.to(rt.device, rt.dtype))
         return self._shards[key]
 
@@ -125,7 +128,7 @@ class RankProgram:
         self.lane = self.unit.ranks.index(self.rank) if self.tp_unit else 0
         if self.tp_unit:
             tp = len(self.unit.ranks)
-            self.sh, self.lw, self.emb, self.head, self.norm_f = self.shard(tp, self.lane)
+            self.lw, self.wqkv, self.emb, self.head, self.norm_f = self.shard(tp, self.lane)
             self.tp_group = self.groups.by_ranks.get(self.unit.ranks)
         self.tokens = tokens
         self.st: dict = {}              # per-step state: (name, layer, mb) -> tensor
@@ -151,11 +154,12 @@ class RankProgram:
             self.recorder.add(op, tuple(sorted(what)) if op.kind != "memory" else
                               (("bytes", op.param("bytes")),))
         elif op.kind in COLLECTIVES:
-            t = self.st[op.label, op.layer, op.mb]
+            key = (REDUCES.get(op.label, op.label), op.layer, op.mb)
+            t = self.st[key]
             with tm.op(op.kind, comm=True, bytes=t.numel() * t.element_size(),
                        ranks=len(self.unit.ranks), link=self.rt.link(self.unit.ranks)):
                 out = self._collective(op, t)
-            self.st[op.label, op.layer, op.mb] = out
+            self.st[key] = out
             self.recorder.add(op, (tuple(t.shape), t.numel() * t.element_size(),
                                    self.unit.ranks))
             if op.label == "logits":
@@ -229,21 +233,14 @@ class RankProgram:
             if op.label == "kv":
                 return kv
             p = self._pool_index(peer)
-            return torch.cat([q[:, a:e] for a, e in self.sch_blocks()[p]], dim=1)
+            return torch.cat([q[:, a:e] for a, e in self.sch.q_blocks[p]], dim=1)
         if op.group or self.sch.layout.strategy.decode_kv == "split-seq":
             return q if op.label == "q" else kv                      # every row
-        r0, r1 = self.pool_rows(mb)[self._pool_index(peer)]
+        r0, r1 = self.sch.pool_rows(mb)[self._pool_index(peer)]
         return q[r0:r1] if op.label == "q" else kv[:, r0:r1]
 
     def _pool_index(self, peer) -> int:
         return self.sch.layout.pool_ranks.index(peer)
-
-    def sch_blocks(self) -> list:
-        return query_blocks(self.sch.q_len, self.sch.pool, self.sch.layout.strategy.balanced)
-
-    def pool_rows(self, mb: int) -> list:
-        r0, r1 = self.sch.rows[mb]
-        return ranges(deal(r1 - r0, self.sch.pool))
 
     def _received(self, op: Op, lane: int, peer, t: torch.Tensor) -> None:
         """Keep what arrived: by label, layer, micro-batch and lane."""
@@ -270,21 +267,16 @@ class RankProgram:
         else:                       # vocab-parallel (Megatron): rows outside the shard -> 0
             inside = (tok >= a) & (tok < b)
             x = table[(tok - a).clamp(0, max(b - a - 1, 0))] * inside[..., None]
-        self.st["embedding", -1, op.mb] = x                           # (n, q, hidden)
-
-    def _x(self, mb):
-        if ("embedding", -1, mb) in self.st:
-            self.st["x", -1, mb] = self.st.pop(("embedding", -1, mb))
-        return self.st["x", -1, mb]
+        self.st["x", -1, op.mb] = x              # (n, q, hidden): partial sum if tp > 1
 
     def c_norm1(self, op: Op):
-        self.st["h", op.layer, op.mb] = norm(self._x(op.mb), self.lw[op.layer].norm1,
-                                             self.spec.norm)
+        self.st["h", op.layer, op.mb] = norm(self.st["x", -1, op.mb],
+                                             self.lw[op.layer].norm1, self.spec.norm)
 
     def c_qkv_proj(self, op: Op):
         lw, h, d = self.lw[op.layer], self.st["h", op.layer, op.mb], self.spec.head_dim
         n, s, _ = h.shape
-        w = self._wqkv[(len(self.unit.ranks), self.lane), op.layer]
+        w = self.wqkv[op.layer]
         qkv = (h @ w).view(n, s, -1, d)                     # (n, s, hl + 2 kvl, d)
         hl, kvl = lw.wq.shape[1] // d, lw.wk.shape[1] // d
         for name, t in zip(("q", "k", "v"), qkv.split([hl, kvl, kvl], dim=2)):
@@ -329,7 +321,7 @@ class RankProgram:
         q = self.st["q", L, mb]
         out = torch.empty_like(q)
         off = 0
-        for segs in self.sch_blocks():                    # blocks back in sequence order
+        for segs in self.sch.q_blocks:                    # blocks back in sequence order
             for a, e in segs:
                 out[:, a:e] = got[:, off:off + e - a]
                 off += e - a
@@ -400,13 +392,12 @@ class RankProgram:
             if steps <= 0:
                 return
             if strategy.decode_kv == "split-seq":
-                segs = self.sch_blocks()[p]
+                segs = self.sch.q_blocks[p]
                 k = torch.cat([kv[0, :, a:e] for a, e in segs], dim=1)
                 v = torch.cat([kv[1, :, a:e] for a, e in segs], dim=1)
-                mine = sum(1 for t in range(1, steps + 1) if seq_owner(t, self.sch.pool) == p)
-                self.cache[L, mb] = KVCache(k, v, k.shape[1] + mine)
+                self.cache[L, mb] = KVCache(k, v, self.sch.seq_capacity(p, steps))
             else:
-                r0, r1 = (self.pool_rows(mb)[p] if strategy.decode_kv == "split-batch"
+                r0, r1 = (self.sch.pool_rows(mb)[p] if strategy.decode_kv == "split-batch"
                           else (0, kv.shape[1]))
                 self.cache[L, mb] = KVCache(kv[0, r0:r1], kv[1, r0:r1], kv.shape[2] + steps)
         else:
@@ -440,7 +431,7 @@ class RankProgram:
             return _attn_what(q, cache.k, cache.len)
         p = self._pool_index(self.rank)
         r0, r1 = (0, q.shape[0]) if self.sch.layout.strategy.decode_kv == "split-batch" \
-            else self.pool_rows(mb)[p]
+            else self.sch.pool_rows(mb)[p]
         out = attention.decode_full(q.contiguous(), cache.k[r0:r1], cache.v[r0:r1], cache.len)
         self.st["att_parts", L, mb] = [out]
         return _attn_what(q, cache.k, cache.len)
@@ -478,7 +469,6 @@ def _attn_what(q: torch.Tensor, k: torch.Tensor, kv_len: int) -> tuple:
 
 
 def _to(lw, rt):
-    from dataclasses import replace
     return replace(lw, **{k: (None if v is None else v.to(rt.device, rt.dtype))
                           for k, v in lw.__dict__.items()})
 

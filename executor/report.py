@@ -12,7 +12,7 @@ from planner.plan import Plan
 from planner.strategy import FAPoolStrategy, StaticStrategy
 
 # Ops timed only for the summary (waits, barriers): not microbenchmark-like samples.
-NOT_STORED = ("barrier", "gather_results", "wait_send", "wait_broadcast", "broadcast_post")
+NOT_STORED = ("barrier", "gather_results", "wait")
 
 
 def summary(plan: Plan, res: dict) -> dict:

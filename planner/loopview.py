@@ -15,8 +15,9 @@ from pathlib import Path
 
 from planner.schedule import COMPUTE
 from planner.simulate import decode_step
+from planner.trace import trace_events as predicted_events
 
-PIDS = {"predicted": 1, "measured": 2}
+MEASURED_PID = 3                 # planner.trace uses 1 (base) and 2 (pool)
 
 
 def _kind(op_kind: str) -> str:
@@ -54,34 +55,23 @@ def op_table(result, summary: dict) -> dict:
 
 
 def trace_events(result, summary: dict) -> list:
-    """Chrome trace events: process 1 the prediction (a thread per unit), process 2 the
-    measurement (a thread per rank); prefill from 0, the decode step after it."""
-    events = [{"ph": "M", "name": "process_name", "pid": pid,
-               "args": {"name": f"{name} ({'simulator, refit' if pid == 1 else 'executor'})"}}
-              for name, pid in PIDS.items()]
-    threads: dict = {}
-
-    def tid(pid: int, name: str) -> int:
-        if (pid, name) not in threads:
-            threads[pid, name] = len(threads) + 1
-            events.append({"ph": "M", "name": "thread_name", "pid": pid,
-                           "tid": threads[pid, name], "args": {"name": name}})
-        return threads[pid, name]
-
-    def span(pid, thread, name, phase, start_s, end_s, args):
-        events.append({"name": name, "cat": phase, "ph": "X", "pid": pid,
-                       "tid": tid(pid, thread), "ts": round(start_s * 1e6, 3),
-                       "dur": round(max(0.0, end_s - start_s) * 1e6, 3), "args": args})
-
-    gap = 0.1 * (result.ttft_s or 0.0)
-    offset = {"prefill": 0.0, "decode": (result.ttft_s or 0.0) + gap}
-    for phase, run in (("prefill", result.prefill), ("decode", result.decode)):
-        for ev in (run.events if run else ()):
-            for unit in (ev.units if ev.kind == "compute" else ev.units[:1]):
-                span(1, unit, ev.name, phase, offset[phase] + ev.start, offset[phase] + ev.end,
-                     {"op": ev.op, "layer": ev.layer, "microbatch": ev.microbatch,
-                      "units": list(ev.units)})
+    """Chrome trace events: the prediction as `fapool simulate --trace` draws it
+    (planner.trace: processes "base" and "pool", a thread per unit and stream), beside the
+    measurement (process "measured", a thread per rank); prefill from 0, the decode step
+    from the predicted TTFT on, each measured step aligned at its first op."""
+    events = predicted_events(result)
+    for e in events:                     # name the prediction's processes as such
+        if e["ph"] == "M" and e["name"] == "process_name":
+            e["args"]["name"] = f"predicted {e['args']['name']} (simulator, refit)"
+    pid = MEASURED_PID
+    events.append({"ph": "M", "name": "process_name", "pid": pid,
+                   "args": {"name": "measured (executor)"}})
+    offset = {"prefill": 0.0, "decode": result.ttft_s or 0.0}
     spans = summary.get("timeline_per_rank") or []
+    for rank, per_step in enumerate(spans):
+        if per_step:
+            events.append({"ph": "M", "name": "thread_name", "pid": pid, "tid": rank + 1,
+                           "args": {"name": f"rank {rank}"}})
     for phase, step in _steps(result).items():
         starts = [s[4] for rank in spans if rank and step < len(rank) for s in rank[step]]
         if not starts:
@@ -91,9 +81,11 @@ def trace_events(result, summary: dict) -> list:
             if not per_step or step >= len(per_step):
                 continue
             for kind, label, layer, mb, t0, t1 in per_step[step]:
-                span(2, f"rank {rank}", label, phase, offset[phase] + t0 - t_zero,
-                     offset[phase] + t1 - t_zero, {"op": kind, "layer": layer,
-                                                   "microbatch": mb})
+                events.append({"name": label, "cat": f"{phase},measured", "ph": "X",
+                               "pid": pid, "tid": rank + 1,
+                               "ts": round((offset[phase] + t0 - t_zero) * 1e6, 3),
+                               "dur": round(max(0.0, t1 - t0) * 1e6, 3),
+                               "args": {"op": kind, "layer": layer, "microbatch": mb}})
     return events
 
 

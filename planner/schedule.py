@@ -62,7 +62,7 @@ dealt as evenly as possible ([2, 1, 1] for 4 rows in 3), never empty.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 from planner.layout import Layout
@@ -111,6 +111,12 @@ def query_blocks(seq: int, pool: int, balanced: bool) -> list:
         return [[blk] for blk in cut(pool)]
     chunks = cut(2 * pool)
     return [[chunks[i], chunks[2 * pool - 1 - i]] for i in range(pool)]
+
+
+def pool_rows(n: int, pool: int) -> list:
+    """Decode (split-batch, replicated): [start, end) rows of an n-row micro-batch that each
+    pool GPU owns, dealt as evenly as possible (the last ones may own none)."""
+    return ranges(deal(n, pool))
 
 
 def extent(segments) -> int:
@@ -224,6 +230,23 @@ class Schedule:
     pool: int
     units: dict          # name -> Unit
     programs: dict       # unit name -> tuple of Op
+    balanced: bool = False
+    _rank_programs: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @cached_property
+    def q_blocks(self) -> list:
+        """Prefill: the query segments of every pool GPU (query_blocks)."""
+        return query_blocks(self.q_len, self.pool, self.balanced) if self.pool else []
+
+    def pool_rows(self, mb: int) -> list:
+        """Decode: the rows of micro-batch mb each pool GPU owns (pool_rows)."""
+        r0, r1 = self.rows[mb]
+        return pool_rows(r1 - r0, self.pool)
+
+    def seq_capacity(self, p: int, steps: int) -> int:
+        """split-seq: keys pool GPU p holds once `steps` decode steps have appended."""
+        return split_seq_len(self.q_len if self.step == 0 else self.kv_len - self.step,
+                             self.pool, self.balanced, p, steps)
 
     @cached_property
     def cost_classes(self) -> tuple:
@@ -254,10 +277,6 @@ class Schedule:
         slot = ((op.layer + 1) * len(self.rows) + op.mb) * len(MESSAGES) + MESSAGES.index(
             op.label)
         return slot * width + lane
-
-    @cached_property
-    def _rank_programs(self) -> dict:
-        return {}
 
     def rank_program(self, rank: int) -> list:
         """(op, lane, peer rank or group ranks) for every operation rank `rank` issues."""
@@ -416,12 +435,12 @@ def _fapool(b: _Builder, strategy: FAPoolStrategy, pool: int) -> None:
     m, tp, d = b.model, b.tp, b.model.head_dim
     lanes, kvl = tuple(range(tp)), kv_lanes(m, tp)
     members = ["base"] + [f"pool{p}" for p in range(pool)]     # tree member index -> unit
-    prefill = b.q > 1
+    prefill = b.step == 0
     blocks = query_blocks(b.q, pool, strategy.balanced) if pool else []
     mode = strategy.decode_kv
 
     def decode_rows(mb):                    # rows of the micro-batch each pool GPU owns
-        return ranges(deal(b.n(mb), pool))
+        return pool_rows(b.n(mb), pool)
 
     def submit(layer, mb):
         b.pre_attention("base", layer, mb)
@@ -634,7 +653,7 @@ def build_schedule(layout: Layout, rows: tuple, input_len: int, step: int = 0,
         _fapool(b, s, pool)
     programs = {name: tuple(b.programs.get(name, ())) for name in units}
     return Schedule(layout, "prefill" if step == 0 else "decode", step, tuple(rows), q_len,
-                    kv_len, pool, units, programs)
+                    kv_len, pool, units, programs, bool(getattr(s, "balanced", False)))
 
 
 def check_message_order(schedule: Schedule) -> None:
