@@ -16,7 +16,9 @@ EPILOG = """examples:
 Runs each configuration with the executor (`fapool run`) on this machine, stores the
 measurements, reports predicted vs measured (error, MAPE), refits the profile from the store
 (microbenchmarks + the executor's operator timings) and reports the error again,
-leave-one-out: each configuration is predicted by a refit that did not see it."""
+leave-one-out: each configuration is predicted by a refit that did not see it.  A store
+without microbenchmarks of this machine gets them first (fapool calibrate --quick for
+every world size the configurations use)."""
 
 
 def register(subparsers) -> None:
@@ -29,7 +31,8 @@ def register(subparsers) -> None:
                            "1/16 of it, beside the other strategy (~15 minutes for the "
                            "README's tiny local plan with 5 passes)")
     what.add_argument("--quick", action="store_true",
-                      help="8 configurations (FA Pool, static; 4 lengths): ~4 minutes")
+                      help="12 configurations (FA Pool and static, 4 lengths, pools of 1-3, "
+                           "TP 2, GQA, every decode placement): ~5.5 minutes")
     p.add_argument("--repeats", type=int, default=5,
                    help="passes over the configurations (one process group each), their "
                         "steps pooled (default 5)")
@@ -115,7 +118,7 @@ def format_report(r: dict) -> str:
                      f"FA Pool / static ratio {_f(s['ratio'], 1)} %")
     hosts = [c["host_overhead_us"] for c in r["configs"] if "host_overhead_us" in c]
     if hosts:
-        lines.append(f"host time per op fitted without each configuration: "
+        lines.append(f"host time per op (measured by the microbenchmarks, not fitted): "
                      f"{min(hosts):.1f}-{max(hosts):.1f} us")
     for phase, kinds in r.get("op_mape", {}).items():
         lines.append(f"{phase:>9} per op kind, refit MAPE: " + ", ".join(
