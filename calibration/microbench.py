@@ -50,6 +50,9 @@ class Sweep:
     min_repeats: int
     max_repeats: int
     budget_s: float        # per point, after warm-up
+    # collectives under 2 MB: latency-bound, and on an oversubscribed CPU their times
+    # spread over 10x (a peer not scheduled yet), so a median needs many of them
+    small_collective_repeats: int = 25
 
     def __post_init__(self):
         for b in self.collective_bytes:
@@ -253,7 +256,7 @@ def collective_repeats(sw: Sweep, size: int) -> tuple[int, int]:
         return 1, max(2, sw.min_repeats // 2)
     if size >= 2 * MB:
         return 1, sw.min_repeats
-    return sw.warmup + 1, sw.max_repeats // 2 + 2
+    return sw.warmup + 1, max(sw.small_collective_repeats, sw.max_repeats // 2 + 2)
 
 
 def _collective_fn(op, rank, world, tensor, gathered):

@@ -1,7 +1,7 @@
 """The closed loop's refit and its error figures (planner.validate runs the loop).
 
 Refit: one point per operator shape from this machine's microbenchmarks and the executor
-runs given (the p10-th percentile of every run's repeats pooled), curves fitted by
+runs given (the median of every run's repeats pooled: typical_s), curves fitted by
 calibration.fit.fit_local; host time per op from its direct measurement in the store
 (microbench "host_op"), else the starting profile's.  Errors: MAPE of TTFT / TPOT and of
 the FA Pool / static ratio between pairs of configurations.
@@ -18,7 +18,6 @@ import numpy as np
 
 from calibration.profile import Host, Profile
 
-MEASURE_QUANTILE = 10
 METRICS = ("ttft_ms", "tpot_ms")
 # report stage -> the prediction key of a row: the shipped profile, the refit (curves, host
 # time per op measured; leave-one-out), and the refit times a per-family bias (apart)
@@ -26,10 +25,18 @@ STAGES = {"before": "predicted", "refit": "predicted_refit",
           "with_bias": "predicted_with_bias"}
 
 
+def typical_s(times_s) -> float:
+    """The one statistic the loop compares: the median of the repeats, for an op's samples
+    (the refit's points) and for a step's end-to-end time (the measured TTFT / TPOT) alike,
+    so a prediction (a sum of op times) and a measurement are the same statistic.  A low
+    quantile is not: the sum of every op's fast tail is faster than any whole step."""
+    return float(np.median(np.asarray(times_s, dtype=float)))
+
+
 # ------------------------------------------------------------------ refitting
 def robust_samples(samples: list) -> list:
     """One sample per distinct (op, params): the repeats of every run that timed that shape
-    pooled, median_s replaced by their MEASURE_QUANTILE-th percentile (run_id: the first
+    pooled, median_s replaced by their typical_s (run_id: the first
     run's).  Pooling gives the fit one point per shape, each from more repeats."""
     merged: dict = {}
     for s in samples:
@@ -41,7 +48,7 @@ def robust_samples(samples: list) -> list:
     out = []
     for s in merged.values():
         if s["times_s"]:
-            s["median_s"] = float(np.percentile(s["times_s"], MEASURE_QUANTILE))
+            s["median_s"] = typical_s(s["times_s"])
         out.append(s)
     return out
 
@@ -90,7 +97,7 @@ def refit_profile(inputs: RefitInputs, executor_run_ids: list, base: Profile,
     provenance = {"runs": sorted({s["run_id"] for s in bench + ex}),
                   "method": "planner.validate: calibration.fit.fit_local on microbenchmark "
                             "+ executor operator samples (one point per shape: "
-                            f"p{MEASURE_QUANTILE} of the repeats of every run)"}
+                            "the median of the repeats of every run)"}
     samples = robust_samples(bench + ex)
     refit = fit_local(samples, name, base.device.name, ram, world, provenance,
                       default_links=base.links, balance=True)

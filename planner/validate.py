@@ -5,16 +5,14 @@ baseline at several sequence lengths; each run measures prefill (TTFT) and decod
 Every configuration states its micro-batch count (planner.plan.resolve_microbatches), so
 planner and executor cut the batch alike.
 
-Measured value: the MEASURE_QUANTILE-th percentile of the executor's per-step times (its
-e2e_prefill / e2e_decode samples in the store), not the median: on a shared CPU the slow
-steps are other processes taking the cores (Python's timeit documentation makes the same
-argument for its minimum).  Each pass runs the configurations of one world size in one
-process group, their requests alternating (executor.engine.run_cases) so that a slow spell
-of the machine hits them alike, in reversed order from pass to pass; a configuration's
-steps of all passes are pooled into one percentile (the median and each pass's own
-percentile are reported next to it).  Between three whole validate runs here a
-configuration's value moved by 3.0 % (sd) and the FA Pool / baseline ratio by 1.5 %; run
-one configuration after the other and keeping the lowest pass (as before), 4.3 % and 6.7 %.
+Measured value: the median of the executor's per-step times (its e2e_prefill / e2e_decode
+samples in the store), the statistic the refit's points use too (planner.loopfit.typical_s):
+a prediction is a sum of op times, and the sum of every op's fast tail (a low quantile) is
+faster than any whole step, which made every prediction 20 % fast at short lengths.  Each
+pass runs the configurations of one world size in one process group, their requests
+alternating (executor.engine.run_cases) so that a slow spell of the machine hits them alike,
+in reversed order from pass to pass; a configuration's steps of all passes are pooled into
+one median (each pass's own median is reported next to it).
 
 Calibrate what runs: if the store has no microbenchmark run of this machine yet, validate
 first runs `fapool calibrate --quick` into it, which times the executor's own kernels and
@@ -63,15 +61,14 @@ from planner.model import ModelSpec
 from planner.plan import ExecutorSettings, Plan, make_plan, resolve_microbatches, save_plan
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
-from planner.loopfit import (MEASURE_QUANTILE, METRICS, STAGES, RefitInputs,  # noqa: F401
+from planner.loopfit import (METRICS, STAGES, RefitInputs, typical_s,  # noqa: F401
                              _err, e2e_corrections, mape, microbench_samples, ratio_errors,
                              refit_inputs, refit_profile, robust_samples, summarize)
 from planner.workload import Workload
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Timed steps per configuration and run.  On this 2-core machine the p10 of 20-step chunks
-# of one launch moved by ~4 %; separate 10-step launches by 10-30 % (whole passes drift
-# with the machine, hence several passes, pooled).
+# Timed steps per configuration and run (whole passes drift with the machine, hence several
+# passes, pooled).
 STEPS, WARMUP = 30, 3
 
 
@@ -203,13 +200,13 @@ def run_executor(plan_paths: list, store: Path, steps: int = STEPS, warmup: int 
     return out if isinstance(out, list) else [out]
 
 
-def _quantile_ms(times_s) -> float:
-    return float(np.percentile(times_s, MEASURE_QUANTILE)) * 1e3
+def _typical_ms(times_s) -> float:
+    return typical_s(times_s) * 1e3
 
 
 def measured_from_store(store, run_ids: list) -> dict:
     """Measured TTFT / TPOT from the e2e samples of one configuration's runs (its passes):
-    the quantile of all their steps pooled, the median, and each run's own quantile."""
+    the median of all their steps pooled, and each run's own median."""
     out = {}
     for op, metric in (("e2e_prefill", "ttft_ms"), ("e2e_decode", "tpot_ms")):
         per_run = []
@@ -218,9 +215,8 @@ def measured_from_store(store, run_ids: list) -> dict:
             require(bool(samples), "store", f"run {rid} has no {op} samples")
             per_run.append([t for s in samples for t in s["times_s"]])
         times = [t for run in per_run for t in run]
-        out[metric] = _quantile_ms(times)
-        out[f"{metric}_median"] = float(np.median(times)) * 1e3
-        out[f"{metric}_passes"] = [round(_quantile_ms(run), 4) for run in per_run]
+        out[metric] = _typical_ms(times)
+        out[f"{metric}_passes"] = [round(_typical_ms(run), 4) for run in per_run]
         out[f"{metric}_steps"] = len(times)
     return out
 
@@ -352,7 +348,7 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
                      "note": "measured ~ b x refit prediction per strategy family, fitted "
                              "leave-one-out; reported beside the model, never inside refit",
                      "mape_with_bias": summarize(rows, "predicted_with_bias")},
-            "measure": f"p{MEASURE_QUANTILE} of per-step times, {repeats} pass(es) pooled",
+            "measure": f"median of per-step times, {repeats} pass(es) pooled",
             "holdout": "leave-one-out: profile refit (curves; host time per op measured, not "
                        "fitted) without the config",
             "refit_profile": full}

@@ -199,3 +199,39 @@ def test_cpu_processes_share_cores():
         return max(e.end for e in ev) - min(e.start for e in ev)
 
     assert pool_span(two) == pytest.approx(2 * pool_span(free), rel=0.15)
+
+
+def test_cpu_transfers_hold_a_core_at_each_end():
+    """On a CPU cluster the ranks copy a message's bytes themselves (gloo on loopback), so
+    a transfer between two ranks holds a core of each: on a 2-core node a third rank's
+    compute waits for it; with no cores modelled it runs beside the transfer."""
+    import simpy
+
+    from planner.costs import OpCost
+    from planner.sim.engine import Machine, Unit
+
+    def third_rank_compute_start(cores: int) -> float:
+        env = simpy.Environment()
+        units = {n: Unit(n, "pool", (i,), ("node0",)) for i, n in enumerate("abc")}
+        m = Machine(env, units, cores_per_node=cores)
+        msg = OpCost("msg", 1.0, 0.0, "comm")
+        starts = {}
+
+        def sender(me):
+            yield m.post(("msg",), ("a", "b"), me, msg, 0, 0)
+
+        def computer():
+            yield env.timeout(0.1)             # after the transfer began
+            starts["c"] = env.now
+            yield from m.compute(OpCost("gemm", 0.5, 0.0, "compute"), "c", 0, 0)
+            starts["c_end"] = env.now
+
+        for u in ("a", "b"):
+            env.process(sender(u))
+        env.process(computer())
+        env.run()
+        return starts["c_end"] - 0.5
+
+    assert third_rank_compute_start(2) == pytest.approx(1.0)     # after the transfer
+    assert third_rank_compute_start(3) == pytest.approx(0.1)     # a core was free
+    assert third_rank_compute_start(0) == pytest.approx(0.1)     # GPUs: no cores shared

@@ -7,7 +7,10 @@ the unit for its time (and, on a CPU cluster, one core per rank); a posted trans
 one waits for its transfer.  A transfer is ready when every unit it involves has posted its
 side (a rendezvous, as NCCL's); it then takes one lane of each endpoint's port (a unit has
 as many lanes as ranks) and, between nodes, one NIC of each node it crosses, for its time.
-A collective inside a unit takes all of the unit's lanes (and its nodes' NICs).  Lanes are
+A collective inside a unit takes all of the unit's lanes (and its nodes' NICs).  On a CPU
+cluster (cores_per_node > 0) the processes move the bytes themselves (gloo over loopback:
+both ends copy through the kernel), so a transfer also holds a core at each end and a
+collective one per rank, beside compute: 4 ranks on 2 cores contend for comm as well.  Lanes are
 reserved first come, first served in order of readiness: a transfer starts when a lane of
 every resource it needs is free (`Lanes.reserve`), so it costs two simpy events however
 many resources it holds, and transfers never deadlock one another.
@@ -169,7 +172,12 @@ class Machine:
         u = self.units[unit]
         start = reserve(self.lanes, self._links([unit], len(u.ranks)), self.env.now,
                         cost.seconds)
-        yield self.env.timeout(start + cost.seconds - self.env.now)
+        if self.cores_per_node:         # a CPU rank moves the bytes itself: hold its cores
+            yield self.env.timeout(start - self.env.now)
+            start = self.env.now
+            yield from self._hold(self._cores(u), cost.seconds)
+        else:
+            yield self.env.timeout(start + cost.seconds - self.env.now)
         self._account(cost, (unit,), start, mb, layer, op_kind=op_kind)
 
     def post(self, key: tuple, parties, me: str, cost: OpCost, mb: int, layer: int,
@@ -183,10 +191,28 @@ class Machine:
         if t.posted == t.parties:            # ready: reserve its lanes, done at its end
             units = tuple(sorted(t.parties))
             start = reserve(self.lanes, self._links(units), self.env.now, cost.seconds)
+            if self.cores_per_node:     # CPU ranks copy the bytes: one core per party
+                self.env.process(self._cpu_transfer(t, cost, units, start, mb, layer,
+                                                    op_kind))
+                return t.done
             self.env.timeout(start + cost.seconds - self.env.now).callbacks.append(
                 lambda _: t.done.succeed())
             self._account(cost, units, start, mb, layer, start + cost.seconds, op_kind)
         return t.done
+
+    def _cpu_transfer(self, t, cost: OpCost, units: tuple, start: float, mb: int,
+                      layer: int, op_kind: str):
+        """Process: a transfer between CPU ranks, a core of every party's node held (gloo
+        on loopback: the sender's and the receiver's CPU copy the bytes)."""
+        yield self.env.timeout(start - self.env.now)
+        need: dict = {}
+        for u in units:
+            node = self.units[u].nodes[0]
+            need[f"cores:{node}"] = min(need.get(f"cores:{node}", 0) + 1, self.cores_per_node)
+        began = self.env.now
+        yield from self._hold(need, cost.seconds)
+        self._account(cost, units, began, mb, layer, op_kind=op_kind)
+        t.done.succeed()
 
     def _account(self, cost: OpCost, units: tuple, start: float, mb: int, layer: int,
                  end: float | None = None, op_kind: str = ""):
