@@ -59,20 +59,31 @@ class Device:
     peak_flops: float      # FLOP/s, dense, profile dtype
     hbm_bytes: float       # memory capacity, bytes
     hbm_bandwidth: float   # bytes/s
+    fp8_peak_flops: float = 0.0    # FLOP/s, dense FP8 tensor cores; 0: the device has none
+
+    def for_fp8(self) -> "Device":
+        """The device as an FP8 GEMM sees it: the FP8 peak (the fitted efficiencies are
+        taken to hold at it: a stated assumption, no FP8 microbenchmark yet)."""
+        return Device(self.name, self.fp8_peak_flops, self.hbm_bytes, self.hbm_bandwidth,
+                      self.fp8_peak_flops)
 
 
 # ---------------------------------------------------------------- GEMM
-def gemm_cost(tokens: int, k: int, n: int, dtype_bytes: int) -> tuple[float, float]:
-    """FLOPs and bytes of (tokens, k) @ (k, n): 2*t*k*n FLOP; reads A, W, writes C."""
+def gemm_cost(tokens: int, k: int, n: int, dtype_bytes: int,
+              weight_bytes: int = 0) -> tuple[float, float]:
+    """FLOPs and bytes of (tokens, k) @ (k, n): 2*t*k*n FLOP; reads A, W, writes C (W at
+    weight_bytes per element when given: FP8 weights beside 16-bit activations)."""
     flops = 2.0 * tokens * k * n
-    moved = float(tokens * k + k * n + tokens * n) * dtype_bytes
+    moved = float(tokens * k + tokens * n) * dtype_bytes + float(k * n) * (
+        weight_bytes or dtype_bytes)
     return flops, moved
 
 
-def gemm_time(p: dict, dev: Device, tokens: int, k: int, n: int, dtype_bytes: int) -> float:
+def gemm_time(p: dict, dev: Device, tokens: int, k: int, n: int, dtype_bytes: int,
+              weight_bytes: int = 0) -> float:
     """Efficiency saturates with the token count (Michaelis-Menten in tokens);
     small token counts are bound by reading the weights (hardware.md: flat until T~64)."""
-    flops, moved = gemm_cost(tokens, k, n, dtype_bytes)
+    flops, moved = gemm_cost(tokens, k, n, dtype_bytes, weight_bytes)
     efficiency = p["efficiency_max"] * tokens / (tokens + p["half_tokens"])
     compute = flops / (dev.peak_flops * efficiency)
     memory = moved / (dev.hbm_bandwidth * p["read_efficiency"])
@@ -89,21 +100,24 @@ def causal_pairs(q_len: int, kv_len: int) -> float:
 
 
 def attention_cost(batch: int, q_len: int, kv_len: int, heads: int, kv_heads: int,
-                   head_dim: int, causal: bool, dtype_bytes: int) -> tuple[float, float]:
+                   head_dim: int, causal: bool, dtype_bytes: int,
+                   kv_bytes: int = 0) -> tuple[float, float]:
     """FLOPs (4 * pairs * head_dim per head, FlashAttention paper) and bytes
-    (read Q, K, V once, write O) of one attention forward."""
+    (read Q, K, V once, write O; K and V at kv_bytes per element when given: an FP8 cache)."""
     pairs = causal_pairs(q_len, kv_len) if causal else float(q_len * kv_len)
     flops = 4.0 * batch * heads * head_dim * pairs
-    moved = float(batch) * head_dim * dtype_bytes * (2 * q_len * heads + 2 * kv_len * kv_heads)
+    moved = float(batch) * head_dim * (2 * q_len * heads * dtype_bytes
+                                       + 2 * kv_len * kv_heads * (kv_bytes or dtype_bytes))
     return flops, moved
 
 
 def attention_time(p: dict, dev: Device, batch: int, q_len: int, kv_len: int, heads: int,
-                   kv_heads: int, head_dim: int, causal: bool, dtype_bytes: int) -> float:
+                   kv_heads: int, head_dim: int, causal: bool, dtype_bytes: int,
+                   kv_bytes: int = 0) -> float:
     """Efficiency grows with key length and head dim (FlashAttention-2 benchmark shape);
     decode (q_len 1) ends up bound by reading the K/V cache."""
     flops, moved = attention_cost(batch, q_len, kv_len, heads, kv_heads, head_dim, causal,
-                                  dtype_bytes)
+                                  dtype_bytes, kv_bytes)
     half = p["half_seq_causal"] if causal else p["half_seq"]
     efficiency = (p["efficiency_max"] * kv_len / (kv_len + half)
                   * head_dim / (head_dim + p["half_head_dim"]))

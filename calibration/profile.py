@@ -5,7 +5,7 @@ A profile is a YAML file (schema 1)::
     schema: 1
     name: dgx-a100
     description: ...
-    device: {name, peak_flops, hbm_bytes, hbm_bandwidth}
+    device: {name, peak_flops, hbm_bytes, hbm_bandwidth[, fp8_peak_flops]}
     curves:                       # one per operator family: gemm, attention, memory
       gemm:
         params: {efficiency_max: 0.74, half_tokens: 30.0, ...}   # calibration.curves
@@ -226,7 +226,9 @@ class Profile:
             "name": self.name,
             "description": self.description,
             "device": {"name": d.name, "peak_flops": float(d.peak_flops),
-                       "hbm_bytes": float(d.hbm_bytes), "hbm_bandwidth": float(d.hbm_bandwidth)},
+                       "hbm_bytes": float(d.hbm_bytes), "hbm_bandwidth": float(d.hbm_bandwidth),
+                       **({"fp8_peak_flops": float(d.fp8_peak_flops)}
+                          if d.fp8_peak_flops else {})},
             "curves": {c.family: c.to_dict() for c in (self.gemm, self.attention, self.memory)},
             "links": {n: {"peak_bandwidth": float(l.peak_bandwidth), **l.curve.to_dict()}
                       for n, l in self.links.items()},
@@ -248,6 +250,9 @@ class Profile:
             hbm_bytes=positive_float(dev.get("hbm_bytes"), "profile.device.hbm_bytes"),
             hbm_bandwidth=positive_float(dev.get("hbm_bandwidth"),
                                          "profile.device.hbm_bandwidth"),
+            fp8_peak_flops=(positive_float(dev["fp8_peak_flops"],
+                                           "profile.device.fp8_peak_flops")
+                            if dev.get("fp8_peak_flops") is not None else 0.0),
         )
         fams = raw.get("curves")
         require(isinstance(fams, dict), "profile.curves", "missing or not a mapping")

@@ -57,7 +57,8 @@ def read_peaks(prefix: str, data_dir: Path = DATA_DIR) -> tuple[curves.Device, d
     """The machine's device (datasheet peaks) and its <prefix>_peaks.csv as {item: value}."""
     peaks = {r["item"]: r["value"] for r in read_rows(prefix, "peaks", data_dir)}
     device = curves.Device(peaks["device_name"], float(peaks["peak_flops"]),
-                           float(peaks["hbm_bytes"]), float(peaks["hbm_bandwidth"]))
+                           float(peaks["hbm_bytes"]), float(peaks["hbm_bandwidth"]),
+                           float(peaks.get("fp8_peak_flops") or 0.0))
     return device, peaks
 
 

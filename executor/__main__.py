@@ -74,7 +74,10 @@ def main(argv=None) -> int:
         from executor.engine import run_cases
         from planner.plan import load_plan
 
+        from executor.model import require_runnable
         plans = [load_plan(p) for p in args.plan]
+        for plan in plans:
+            require_runnable(plan.model)
         timeout = args.pg_timeout or max(p.executor.timeout_s for p in plans)
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)

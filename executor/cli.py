@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="on-the-fly plans: default float32 on CPU, bfloat16 on CUDA")
     p.add_argument("--seed", type=int, default=0, help="weights / prompt seed (on-the-fly)")
-    add_model_options(p, default_model="tiny")
+    add_model_options(p, default_model="tiny", precision=False)
     add_cluster_options(p, default_cluster="local")
     add_workload_options(p, default_seq=64)
     add_strategy_options(p)
@@ -107,6 +107,9 @@ def _handler(args) -> int:
     if args.warmup < 0:
         raise InputError("--warmup", f"must be >= 0, got {args.warmup}")
     plans = [load_plan(p) for p in args.plan] if args.plan else [_plan_from_flags(args)]
+    from executor.model import require_runnable
+    for plan in plans:
+        require_runnable(plan.model)
     nproc = plans[0].world_size if args.nproc is None else args.nproc
     for path, plan in zip(args.plan or ["(flags)"], plans):
         if nproc != plan.world_size:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from planner.model import ModelSpec
+from calibration.errors import require
+from planner.model import GATED, ModelSpec
 
 NORM_EPS = 1e-5
 
@@ -29,7 +30,7 @@ class LayerWeights:
     wo: torch.Tensor           # (heads * head_dim, hidden)
     norm2: torch.Tensor        # (hidden,)
     w_up: torch.Tensor         # (hidden, ffn)
-    w_gate: torch.Tensor | None  # (hidden, ffn) SwiGLU only
+    w_gate: torch.Tensor | None  # (hidden, ffn) gated FFNs (SwiGLU, GeGLU) only
     w_down: torch.Tensor       # (ffn, hidden)
 
 
@@ -69,7 +70,7 @@ def make_weights(spec: ModelSpec, seed: int) -> Weights:
         layers.append(LayerWeights(
             norm1=1 + randn(h, std=0.1), wq=proj(h, q), wk=proj(h, kv), wv=proj(h, kv),
             wo=proj(q, h), norm2=1 + randn(h, std=0.1), w_up=proj(h, spec.ffn),
-            w_gate=proj(h, spec.ffn) if spec.activation == "swiglu" else None,
+            w_gate=proj(h, spec.ffn) if spec.activation in GATED else None,
             w_down=proj(spec.ffn, h)))
     return Weights(embed, tuple(layers), 1 + randn(h, std=0.1), proj(h, spec.vocab))
 
@@ -87,10 +88,30 @@ def norm(x: torch.Tensor, weight: torch.Tensor, kind: str) -> torch.Tensor:
 def ffn_partial(x: torch.Tensor, w_up, w_gate, w_down, activation: str) -> torch.Tensor:
     """FFN on a column shard of up/gate and the matching row shard of down (Megatron):
     the sum over shards of the results is the full FFN.  GELU: gelu(x W_up) W_down;
-    SwiGLU (Shazeer 2020, LLaMA): (silu(x W_gate) * x W_up) W_down."""
+    SwiGLU (Shazeer 2020, LLaMA): (silu(x W_gate) * x W_up) W_down; GeGLU (Shazeer 2020,
+    Gemma): (gelu_tanh(x W_gate) * x W_up) W_down."""
     up = x @ w_up                                    # (..., ffn_shard)
-    act = F.silu(x @ w_gate) * up if activation == "swiglu" else F.gelu(up)
+    if activation == "swiglu":
+        act = F.silu(x @ w_gate) * up
+    elif activation == "geglu":
+        act = F.gelu(x @ w_gate, approximate="tanh") * up
+    else:
+        act = F.gelu(up)
     return act @ w_down                              # (..., hidden) partial sum
+
+
+def require_runnable(spec: ModelSpec, where: str = "plan.model") -> None:
+    """The executor runs dense models with full causal attention; it refuses (one line,
+    naming the field) what it would otherwise run as something else."""
+    require(not spec.is_moe, f"{where}.experts", f"{spec.name} is a Mixture-of-Experts "
+            f"({spec.experts} experts): the executor runs dense FFNs only (plan it, do not "
+            "run it)")
+    require(not spec.sliding_window, f"{where}.sliding_window",
+            f"{spec.name} attends a {spec.sliding_window}-token window: the executor's "
+            "attention is full causal only (plan it, do not run it)")
+    require(spec.weight_bytes != 1 and spec.kv_bytes != 1, f"{where}.weight_dtype_bytes"
+            if spec.weight_bytes == 1 else f"{where}.kv_dtype_bytes",
+            "fp8: the executor computes in fp32 / bf16 / fp16 (plan it, do not run it)")
 
 
 def embed(tokens: torch.Tensor, weights: Weights) -> torch.Tensor:

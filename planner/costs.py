@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from calibration import curves
+from calibration.errors import require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 
@@ -30,23 +31,37 @@ class OpCost:
         assert self.seconds >= self.floor * (1 - 1e-9), (self.name, self.seconds, self.floor)
 
 
+def check_precision(weight_bytes: int, device: curves.Device) -> None:
+    """FP8 weights need FP8 tensor cores: refused (one line) on a device without them."""
+    if weight_bytes == 1:
+        require(device.fp8_peak_flops > 0, "dtype",
+                f"fp8 on {device.name}: the device has no FP8 tensor cores (A100: none; "
+                "H100: 1979 TFLOP/s dense); use bf16 or fp16")
+
+
 class CostModel:
     """Operator times for one profile on one cluster; dtype from the model."""
 
-    def __init__(self, profile: Profile, cluster: ClusterSpec, dtype_bytes: int):
+    def __init__(self, profile: Profile, cluster: ClusterSpec, dtype_bytes: int,
+                 weight_bytes: int = 0, kv_bytes: int = 0):
         self.profile = profile
         self.cluster = cluster
         self.dtype = dtype_bytes
+        self.weight_bytes = weight_bytes or dtype_bytes
+        self.kv_bytes = kv_bytes or dtype_bytes
         self.device = profile.device
+        check_precision(self.weight_bytes, self.device)
+        self.gemm_device = self.device.for_fp8() if self.weight_bytes == 1 else self.device
         self.intra = profile.link(cluster.intra_link)
         self.inter = profile.link(cluster.inter_link) if cluster.nodes > 1 else self.intra
 
     # ------------------------------------------------------------ compute
     def gemm(self, name: str, tokens: int, k: int, n: int) -> OpCost:
         """(tokens, k) @ (k, n) on one GPU."""
-        flops, moved = curves.gemm_cost(tokens, k, n, self.dtype)
-        t = curves.gemm_time(self.profile.gemm.params, self.device, tokens, k, n, self.dtype)
-        return OpCost(name, t, curves.floor_compute(self.device, flops, moved), "compute",
+        dev, wb = self.gemm_device, self.weight_bytes
+        flops, moved = curves.gemm_cost(tokens, k, n, self.dtype, wb)
+        t = curves.gemm_time(self.profile.gemm.params, dev, tokens, k, n, self.dtype, wb)
+        return OpCost(name, t, curves.floor_compute(dev, flops, moved), "compute",
                       flops, moved)
 
     def attention(self, name: str, batch: int, q_len: int, kv_len: int, heads: int,
@@ -55,9 +70,10 @@ class CostModel:
         if batch == 0 or q_len == 0:
             return OpCost(name, 0.0, 0.0, "compute")
         flops, moved = curves.attention_cost(batch, q_len, kv_len, heads, kv_heads, head_dim,
-                                             causal, self.dtype)
+                                             causal, self.dtype, self.kv_bytes)
         t = curves.attention_time(self.profile.attention.params, self.device, batch, q_len,
-                                  kv_len, heads, kv_heads, head_dim, causal, self.dtype)
+                                  kv_len, heads, kv_heads, head_dim, causal, self.dtype,
+                                  self.kv_bytes)
         return OpCost(name, t, curves.floor_compute(self.device, flops, moved), "compute",
                       flops, moved)
 

@@ -53,8 +53,11 @@ def kv_shards(model: ModelSpec, tp: int) -> int:
 def weights_bytes(model: ModelSpec, tp: int, layers: int, embedding: bool, head: bool) -> float:
     params = layers * model.layer_params / tp
     params += (model.embedding_params / tp if embedding else 0)
-    params += (model.embedding_params / tp + model.hidden if head else 0)
-    return params * model.dtype_bytes
+    # the LM head: its own matrix, or with tied embeddings a copy only on a stage that does
+    # not hold the embedding (Megatron keeps one on the last stage)
+    own_head = model.head_params or (0 if embedding else model.embedding_params)
+    params += (own_head / tp + model.hidden if head else 0)
+    return params * model.weight_bytes
 
 
 def activation_bytes(model: ModelSpec, tp: int, tokens: int, seqs: int) -> float:
@@ -67,47 +70,65 @@ def activation_bytes(model: ModelSpec, tp: int, tokens: int, seqs: int) -> float
     return tokens * per_token * model.dtype_bytes + logits
 
 
-def pool_kv_bytes(model: ModelSpec, strategy: FAPoolStrategy, wl: Workload, pool: int) -> float:
-    """Decode K/V cache held by one pool GPU, all layers, at the end of generation."""
-    context = wl.input_len + wl.output_len
+def pool_kv_bytes(model: ModelSpec, strategy: FAPoolStrategy, wl: Workload, pool: int,
+                  context: int | None = None) -> float:
+    """K/V cache held by one pool GPU, all layers, at `context` tokens per sequence (by
+    default the end of generation)."""
+    context = wl.input_len + wl.output_len if context is None else context
     per_token = model.kv_bytes_per_token()
+    kept = model.kv_tokens(context)
     if strategy.decode_kv == "split-batch":
-        return math.ceil(wl.batch / pool) * context * per_token
+        return math.ceil(wl.batch / pool) * kept * per_token
     if strategy.decode_kv == "split-seq":
-        return wl.batch * math.ceil(context / pool) * per_token
-    return wl.batch * context * per_token  # replicated
+        return wl.batch * math.ceil(kept / pool) * per_token
+    return wl.batch * kept * per_token  # replicated
+
+
+PHASES = ("prefill", "decode", "both")
 
 
 def role_memory(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float,
-                microbatches: int) -> dict:
-    """MemoryBreakdown per role ('base'; 'pool' when a pool is active) for the worst GPU."""
+                microbatches: int, phase: str = "both") -> dict:
+    """MemoryBreakdown per role ('base'; 'pool' when a pool is active) for the worst GPU in
+    `phase`.  Prefill holds the prompt's K/V and a whole prompt's activations per micro-batch
+    in flight; decode the K/V of the full context (input + output) and one token's
+    activations per sequence; "both" is the larger of the two, per role."""
+    if phase == "both":
+        pre = role_memory(model, strategy, wl, capacity, microbatches, "prefill")
+        dec = role_memory(model, strategy, wl, capacity, microbatches, "decode")
+        return {role: max(pre[role], dec[role], key=lambda m: m.total) for role in pre}
     mb_seqs = math.ceil(wl.batch / microbatches)
-    mb_tokens = mb_seqs * wl.input_len
-    context = wl.input_len + wl.output_len
+    decoding = phase == "decode"
+    mb_tokens = mb_seqs * (1 if decoding else wl.input_len)
+    context = wl.input_len + wl.output_len if decoding else wl.input_len
     ws = workspace(capacity)
+    act = MICROBATCHES_IN_FLIGHT * activation_bytes(model, strategy.tp if isinstance(
+        strategy, StaticStrategy) else strategy.base_tp, mb_tokens, mb_seqs)
     if isinstance(strategy, StaticStrategy):
         tp, pp = strategy.tp, strategy.pp
         layers = math.ceil(model.layers / pp)        # the first stages take the extra layer
         worst = max(weights_bytes(model, tp, layers, True, pp == 1),
                     weights_bytes(model, tp, model.layers - (pp - 1) * (model.layers // pp),
                                   pp == 1, True))
-        kv = wl.batch * context * model.kv_bytes_per_token(layers) / kv_shards(model, tp)
-        act = MICROBATCHES_IN_FLIGHT * activation_bytes(model, tp, mb_tokens, mb_seqs)
+        kv = (wl.batch * model.kv_tokens(context) * model.kv_bytes_per_token(layers)
+              / kv_shards(model, tp))
         return {"base": MemoryBreakdown(worst, kv, act, ws)}
     tp = strategy.base_tp
     pool = strategy.pool_size(wl.input_len)
     weights = weights_bytes(model, tp, model.layers, True, True)
-    act = MICROBATCHES_IN_FLIGHT * activation_bytes(model, tp, mb_tokens, mb_seqs)
     if pool == 0:
-        kv = wl.batch * context * model.kv_bytes_per_token() / kv_shards(model, tp)
+        kv = (wl.batch * model.kv_tokens(context) * model.kv_bytes_per_token()
+              / kv_shards(model, tp))
         return {"base": MemoryBreakdown(weights, kv, act, ws)}
-    # Base keeps no K/V cache (the pool does).  A pool GPU: its decode cache, plus during
-    # prefill one layer's replicated K/V of the micro-batches in flight, its Q and O blocks.
-    block = math.ceil(wl.input_len / pool)
+    # Base keeps no K/V cache (the pool does).  A pool GPU: its K/V cache, plus during
+    # prefill one layer's replicated K/V of the micro-batches in flight, its Q and O blocks
+    # (decode: one query and one output row per sequence).
+    block = 1 if decoding else math.ceil(wl.input_len / pool)
     transient = MICROBATCHES_IN_FLIGHT * mb_seqs * (
-        wl.input_len * model.kv_bytes_per_token(1)
+        (0 if decoding else model.kv_tokens(wl.input_len) * model.kv_bytes_per_token(1))
         + 2 * block * model.q_width * model.dtype_bytes)
-    pool_mem = MemoryBreakdown(0.0, pool_kv_bytes(model, strategy, wl, pool), transient, ws)
+    cache = pool_kv_bytes(model, strategy, wl, pool, context)
+    pool_mem = MemoryBreakdown(0.0, cache, transient, ws)
     return {"base": MemoryBreakdown(weights, 0.0, act, ws), "pool": pool_mem}
 
 
@@ -124,7 +145,7 @@ def fits(breakdowns: dict, capacity: float) -> list:
 
 
 def choose_microbatches(model: ModelSpec, strategy: Strategy, wl: Workload,
-                        capacity: float) -> int:
+                        capacity: float, phase: str = "both") -> int:
     """The strategy's micro-batch count, or the smallest power of two (at least 2 so that
     pipeline stages / base and pool overlap) whose activations fit; capped at the batch."""
     if strategy.microbatches is not None:
@@ -133,15 +154,16 @@ def choose_microbatches(model: ModelSpec, strategy: Strategy, wl: Workload,
     if isinstance(strategy, StaticStrategy):
         count = min(max(count, strategy.pp), wl.batch)
     while count < wl.batch:
-        if not fits(role_memory(model, strategy, wl, capacity, count), capacity):
+        if not fits(role_memory(model, strategy, wl, capacity, count, phase), capacity):
             break
         count = min(count * 2, wl.batch)
     return count
 
 
-def memory_check(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float) -> tuple:
-    """(micro-batches, MemoryBreakdown per role, reasons it does not fit): the one memory
-    check that simulate, the search and the dashboard share."""
-    microbatches = choose_microbatches(model, strategy, wl, capacity)
-    breakdowns = role_memory(model, strategy, wl, capacity, microbatches)
+def memory_check(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float,
+                 phase: str = "both") -> tuple:
+    """(micro-batches, MemoryBreakdown per role, reasons it does not fit) in `phase`: the
+    one memory check that simulate, the search and the dashboard share."""
+    microbatches = choose_microbatches(model, strategy, wl, capacity, phase)
+    breakdowns = role_memory(model, strategy, wl, capacity, microbatches, phase)
     return microbatches, breakdowns, fits(breakdowns, capacity)

@@ -20,7 +20,7 @@ import numpy as np
 from calibration.errors import InputError
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
-from planner.costs import CostModel
+from planner.costs import CostModel, check_precision
 from planner.layout import Layout, build_layout
 from planner.memory import memory_check
 from planner.model import ModelSpec
@@ -88,7 +88,8 @@ def decode_microbatches(strategy: Strategy, batch: int) -> int:
 
 def _run(profile: Profile, layout: Layout, wl: Workload, phase: str, microbatches: int,
          record: bool) -> tuple:
-    cm = CostModel(profile, layout.cluster, layout.model.dtype_bytes)
+    m = layout.model
+    cm = CostModel(profile, layout.cluster, m.dtype_bytes, m.weight_bytes, m.kv_bytes)
     prefill = _prefill(cm, layout, wl, microbatches, record) if phase != "decode" else None
     decode = (_decode(cm, layout, wl, decode_microbatches(layout.strategy, wl.batch),
                       record) if phase != "prefill" else None)
@@ -105,8 +106,9 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workloa
         raise InputError("phase", f"must be one of {PHASES}, got {phase!r}")
     layout = build_layout(model, cluster, strategy)
     profile = profile or cluster.load_profile()
+    check_precision(model.weight_bytes, profile.device)
     capacity = profile.device.hbm_bytes
-    microbatches, memory, reasons = memory_check(model, strategy, workload, capacity)
+    microbatches, memory, reasons = memory_check(model, strategy, workload, capacity, phase)
     base = dict(model=model, cluster=cluster, strategy=strategy, workload=workload, phase=phase,
                 profile=profile.name, memory=memory, microbatches=microbatches,
                 decode_microbatches=decode_microbatches(strategy, workload.batch))

@@ -72,6 +72,9 @@ def test_infeasible_is_reported_not_an_error():
     (["--seq-len", "abc"], "seq-len"),
     (["--strategy", "ring"], "strategy"),
     (["--profile", "/no/such.yaml"], "profile"),
+    (["--dtype", "fp8", "--cluster", "dgx-a100"], "dtype: fp8 on A100"),
+    (["--dtype", "int4"], "dtype"),
+    (["--model", "/no/such/dir/config.json"], "model"),
 ])
 def test_bad_input_one_line_exit_2(args, field):
     r = fapool("simulate", *args)

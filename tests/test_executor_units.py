@@ -189,3 +189,20 @@ def test_blame_skips_ranks_torchrun_terminated_and_prefers_computing_errors(tmp_
     assert _blame_failure(d, pids, {}, 1) == "rank 0 failed: E0"
     (d / "rank0.error").unlink()
     assert _blame_failure(d, {}, {}, 1).startswith("torchrun exited with status 1 and")
+
+
+def test_geglu_ffn_is_gelu_tanh_of_the_gate_times_up():
+    """Gemma's MLP: down(gelu_tanh(gate(x)) * up(x)); sharding columns sums back to it."""
+    import torch
+    import torch.nn.functional as F
+
+    from executor.model import ffn_partial
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 8, generator=g)
+    up, gate, down = (torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g),
+                      torch.randn(6, 8, generator=g))
+    want = (F.gelu(x @ gate, approximate="tanh") * (x @ up)) @ down
+    assert torch.allclose(ffn_partial(x, up, gate, down, "geglu"), want, atol=1e-5)
+    halves = sum(ffn_partial(x, up[:, c], gate[:, c], down[c], "geglu")
+                 for c in (slice(0, 3), slice(3, 6)))
+    assert torch.allclose(halves, want, atol=1e-5)

@@ -7,7 +7,8 @@ import pytest
 from calibration.errors import InputError
 from planner.cluster import resolve_cluster
 from planner.layout import build_layout
-from planner.model import PRESETS, ModelSpec, model_from_hf_config, resolve_model
+from planner.hf_config import model_from_hf_config, resolve_model
+from planner.model import PRESETS, ModelSpec
 from planner.strategy import FAPoolStrategy, StaticStrategy
 from planner.workload import Workload
 

@@ -6,7 +6,8 @@ import argparse
 
 from calibration.errors import InputError
 from planner.cluster import ClusterSpec, resolve_cluster
-from planner.model import ModelSpec, resolve_model
+from planner.hf_config import resolve_model
+from planner.model import KV_PRECISIONS, PRECISIONS, ModelSpec
 from planner.strategy import DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy, Strategy
 from planner.workload import DEFAULT_OUTPUT_LEN, PAPER_BATCH, Workload
 
@@ -22,16 +23,28 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
-def add_model_options(p: argparse.ArgumentParser, default_model: str = "paper-4l") -> None:
+def add_model_options(p: argparse.ArgumentParser, default_model: str = "paper-4l",
+                      precision: bool = True) -> None:
+    """--model and its overrides; precision: --dtype / --kv-dtype too (`fapool run` has
+    its own --dtype, the executor's torch dtype)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", default=default_model,
-                   help="preset (paper-4l, llama-2-7b, ..., tiny) or path to a HF config.json "
-                        "(default %(default)s)")
+                   help="preset (paper-4l, llama-2-7b, llama-3-8b, mistral-7b, qwen2-7b, "
+                        "gemma-7b, mixtral-8x7b, ..., tiny), a HF config.json or a model "
+                        "directory holding one (default %(default)s)")
     for name, what in (("layers", "transformer layers"), ("hidden", "hidden size"),
                        ("heads", "attention heads"), ("kv-heads", "K/V heads (GQA)"),
                        ("head-dim", "head dimension"), ("ffn", "FFN inner size"),
                        ("vocab", "vocabulary size")):
         g.add_argument(f"--{name}", type=_int, default=None, help=f"override the model's {what}")
+    if not precision:
+        return
+    g.add_argument("--dtype", dest="precision", choices=sorted(PRECISIONS), default=None,
+                   help="weights' precision (default: the model's, bf16 for presets); fp8: "
+                        "FP8 weights on FP8 tensor cores (H100; A100 has none)")
+    g.add_argument("--kv-dtype", dest="kv_precision", choices=sorted(KV_PRECISIONS),
+                   default=None,
+                   help="K/V cache precision (default: the activations')")
 
 
 def add_cluster_options(p: argparse.ArgumentParser, default_cluster: str = "dgx-a100") -> None:
@@ -81,7 +94,8 @@ def add_strategy_options(p: argparse.ArgumentParser) -> None:
 def model_from_args(args) -> ModelSpec:
     return resolve_model(args.model).with_overrides(
         layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
-        head_dim=args.head_dim, ffn=args.ffn, vocab=args.vocab)
+        head_dim=args.head_dim, ffn=args.ffn, vocab=args.vocab).with_precision(
+        getattr(args, "precision", None), getattr(args, "kv_precision", None))
 
 
 def cluster_from_args(args) -> ClusterSpec:

@@ -2,7 +2,7 @@
 pasted text area gives) and raises InputError(field, problem) for anything wrong, so the
 page shows one message instead of a traceback.
 
-- model:   a Hugging Face config.json (planner.model.model_from_hf_config), or a fa-pool
+- model:   a Hugging Face config.json (planner.hf_config.model_from_hf_config), or a fa-pool
            model spec ({name, layers, hidden, ...}, ModelSpec.from_dict)
 - profile: a hardware profile YAML (`fapool calibrate`), calibration.profile.Profile
 - trace:   a workload trace, CSV `arrival_s,input_len,output_len` or JSONL with those keys
@@ -21,7 +21,8 @@ from calibration.errors import InputError, require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.dashboard.scenario import require_links
-from planner.model import ModelSpec, model_from_hf_config
+from planner.hf_config import model_from_hf_config
+from planner.model import ModelSpec
 from planner.workloads import RequestWorkload, load_trace
 
 MAX_UPLOAD_BYTES = 50 * 2**20

@@ -12,6 +12,7 @@ from __future__ import annotations
 import simpy
 
 from planner.costs import CostModel, OpCost
+from planner.model import GATED
 from planner.schedule import BLOCKING, COLLECTIVES, COMPUTE, POSTS, Op, Schedule
 from planner.sim.engine import Machine, Unit
 
@@ -43,8 +44,7 @@ class Coster:
         if op.kind == "gemm":
             return cm.gemm(op.label, p["tokens"], p["k"], p["n"])
         if op.kind == "attention":
-            return cm.attention(op.label, p["batch"], p["q_len"], p["kv_len"], p["heads"],
-                                p["kv_heads"], p["head_dim"], p["causal"])
+            return self._attention(op.label, p)
         if op.kind == "memory":
             return cm.memory_op(op.label, p["bytes"], p["kind"])
         if op.kind == "ffn":
@@ -64,16 +64,43 @@ class Coster:
         src, dst = (unit, op.peer) if op.kind in ("isend", "send") else (op.peer, unit)
         return self._message(op, src, dst)
 
+    def _attention(self, name: str, p: dict) -> OpCost:
+        """The block's queries are the last q_len of kv_len positions.  With a sliding
+        window W (Mistral) a query at position >= W attends W keys: those form a band
+        (non-causal, W keys each); the rest a causal block over the first W keys."""
+        cm, w = self.cm, self.model.sliding_window
+        b, q, kv, h, kvh, hd, causal = (p[k] for k in ("batch", "q_len", "kv_len", "heads",
+                                                      "kv_heads", "head_dim", "causal"))
+        if not w or kv <= w:
+            return cm.attention(name, b, q, kv, h, kvh, hd, causal)
+        band = min(q, kv - w)
+        return cm.sum_ops(name, (cm.attention(name, b, q - band, w, h, kvh, hd, causal),
+                                 cm.attention(name, b, band, w, h, kvh, hd, False)))
+
     def _ffn(self, op: Op, p: dict) -> OpCost:
-        """Up (+ gate for SwiGLU) GEMM, activation, down GEMM (Megatron column / row)."""
+        """Up (+ gate for SwiGLU / GeGLU) GEMM, activation, down GEMM (Megatron column /
+        row).  A MoE: the router GEMM, then every expert the tokens reach runs its FFN on
+        its share of the tokens x experts_per_token routed (balanced routing: each of
+        min(experts, routed) experts reads its weights once)."""
         cm, m = self.cm, self.model
         tokens, f, d = p["tokens"], p["ffn_shard"], p["dtype_bytes"]
-        gated = p["activation"] == "swiglu"
+        gated = p["activation"] in GATED
         reads = 3 if gated else 2          # read gate + up, write / read, write
-        return cm.sum_ops(op.label, (
-            cm.gemm("ffn_up", tokens, m.hidden, f * (2 if gated else 1)),
-            cm.memory_op("activation", reads * tokens * f * d, "activation"),
-            cm.gemm("ffn_down", tokens, f, m.hidden)))
+        if not m.is_moe:
+            return cm.sum_ops(op.label, self._expert(tokens, f, gated, reads, d))
+        routed = tokens * m.experts_per_token
+        reached = min(m.experts, routed)
+        share = -(-routed // reached)
+        shared = (self._expert(tokens, m.shared_ffn // (m.ffn // f), gated, reads, d)
+                  if m.shared_ffn else ())           # sharded like the experts
+        return cm.sum_ops(op.label, (cm.gemm("router", tokens, m.hidden, m.experts),)
+                          + self._expert(share, f, gated, reads, d) * reached + shared)
+
+    def _expert(self, tokens: int, f: int, gated: bool, reads: int, d: int) -> tuple:
+        cm, m = self.cm, self.model
+        return (cm.gemm("ffn_up", tokens, m.hidden, f * (2 if gated else 1)),
+                cm.memory_op("activation", reads * tokens * f * d, "activation"),
+                cm.gemm("ffn_down", tokens, f, m.hidden))
 
     def _message(self, op: Op, src: str, dst: str) -> OpCost:
         units = self.schedule.units
