@@ -18,6 +18,7 @@ from calibration.store import default_store_path
 from planner.cluster import PRESETS as CLUSTERS
 from planner.dashboard import data, figures, uploads
 from planner.dashboard.scenario import KINDS, LABELS, SEQ_LENS, Scenario
+from planner.model import KV_PRECISIONS, PRECISIONS
 from planner.model import PRESETS as MODELS
 from planner.paper import CLAIMS
 from planner.strategy import DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy
@@ -61,6 +62,10 @@ def render_sidebar() -> Scenario:
         st.header("Model and cluster")
         model_name = st.selectbox("model", list(MODELS) + [UPLOAD], key="model")
         model_raw = file_input("config.json", "model", ["json"]) if model_name == UPLOAD else None
+        dtype = st.selectbox("precision (weights)", ["as the model"] + sorted(PRECISIONS),
+                             key="dtype", help="fp8: FP8 weights on FP8 tensor cores (H100)")
+        kv_dtype = st.selectbox("K/V cache precision", ["as the model"] + sorted(KV_PRECISIONS),
+                                key="kv_dtype")
         cluster_name = st.selectbox("cluster", list(CLUSTERS), key="cluster")
         nodes = st.number_input("nodes", 1, 1024, CLUSTERS[cluster_name].nodes, key="nodes")
         own = st.radio("hardware profile", ["the cluster's own", UPLOAD], key="profile_source")
@@ -94,7 +99,9 @@ def render_sidebar() -> Scenario:
         st.text_input("measurement store", str(default_store_path()), key="store_path")
 
     model = (MODELS[model_name] if model_name != UPLOAD
-             else uploads.model_from_upload(_uploaded(model_raw, "config.json")))
+             else uploads.model_from_upload(_uploaded(model_raw, "config.json"))).with_precision(
+        None if dtype == "as the model" else dtype,
+        None if kv_dtype == "as the model" else kv_dtype)
     cluster = CLUSTERS[cluster_name].with_nodes(int(nodes))
     profile = (load_profile(cluster) if own != UPLOAD else
                profile_from_upload(_uploaded(profile_raw, "profile"), cluster))

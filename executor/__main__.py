@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         from executor.model import require_runnable
         plans = [load_plan(p) for p in args.plan]
         for plan in plans:
-            require_runnable(plan.model)
+            require_runnable(plan)
         timeout = args.pg_timeout or max(p.executor.timeout_s for p in plans)
         if torch.cuda.is_available():
             torch.cuda.set_device(local_rank)

@@ -109,7 +109,7 @@ def _handler(args) -> int:
     plans = [load_plan(p) for p in args.plan] if args.plan else [_plan_from_flags(args)]
     from executor.model import require_runnable
     for plan in plans:
-        require_runnable(plan.model)
+        require_runnable(plan)
     nproc = plans[0].world_size if args.nproc is None else args.nproc
     for path, plan in zip(args.plan or ["(flags)"], plans):
         if nproc != plan.world_size:

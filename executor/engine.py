@@ -148,6 +148,7 @@ class Case:
         result = {"ttft_s": self.ttft, "tpot_s": self.tpot,
                   "per_rank_timings": [g["timings"] for g in gathered],
                   "pool_size": rt.pool_size, "microbatch_rows": [b - a for a, b in rt.rows],
+                  "decode_microbatch_rows": [b - a for a, b in rt.decode_rows],
                   "balanced": bool(getattr(plan.strategy, "balanced", False)),
                   "ops_per_rank": [g["ops"] for g in gathered],
                   "timeline_per_rank": [g["spans"] for g in gathered]}

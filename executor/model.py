@@ -100,9 +100,21 @@ def ffn_partial(x: torch.Tensor, w_up, w_gate, w_down, activation: str) -> torch
     return act @ w_down                              # (..., hidden) partial sum
 
 
-def require_runnable(spec: ModelSpec, where: str = "plan.model") -> None:
-    """The executor runs dense models with full causal attention; it refuses (one line,
-    naming the field) what it would otherwise run as something else."""
+def require_runnable(plan) -> None:
+    """The executor runs dense models with full causal attention, in fp32 / bf16 / fp16; an
+    active pool keeps each prefill micro-batch's K/V where the schedule put it, so decode
+    runs on prefill's micro-batch count there.  It refuses (one line naming the field)
+    what it would otherwise run as something else."""
+    require_runnable_model(plan.model)
+    s = plan.strategy
+    if s.pool_size(plan.workload.input_len) and s.decode_microbatches is not None:
+        require(s.decode_microbatches == s.microbatches, "plan.strategy.decode_microbatches",
+                f"{s.decode_microbatches} != prefill's {s.microbatches}: with an active pool "
+                "the executor decodes on prefill's micro-batches")
+
+
+def require_runnable_model(spec: ModelSpec, where: str = "plan.model") -> None:
+    """The model half of require_runnable."""
     require(not spec.is_moe, f"{where}.experts", f"{spec.name} is a Mixture-of-Experts "
             f"({spec.experts} experts): the executor runs dense FFNs only (plan it, do not "
             "run it)")

@@ -43,6 +43,22 @@ class KVCache:
         self.len += n
 
 
+def regroup(cache: dict, old_rows: tuple, new_rows: tuple) -> dict:
+    """{(layer, mb): KVCache} cut by old_rows -> the same keys and values cut by new_rows
+    (decode on another micro-batch count than prefill): each layer's caches joined in row
+    order, then split, at the same capacity."""
+    out = {}
+    for layer in sorted({L for L, _ in cache}):
+        parts = [cache[layer, mb] for mb in range(len(old_rows))]
+        k = torch.cat([c.k for c in parts])                 # (batch, capacity, KV, d)
+        v = torch.cat([c.v for c in parts])
+        for mb, (r0, r1) in enumerate(new_rows):
+            c = KVCache.__new__(KVCache)
+            c.k, c.v, c.len = k[r0:r1].clone(), v[r0:r1].clone(), parts[0].len
+            out[layer, mb] = c
+    return out
+
+
 class Recorder:
     """What a rank really ran: one row per op, (kind, label, layer, mb, what), where what is
     (shape, bytes, peer) of the tensor a comm op moved, or the shape parameters of a compute
@@ -92,6 +108,7 @@ class RankProgram:
         self.recorder = recorder or Recorder()
         self.unit = None                 # set per schedule
         self.cache: dict = {}            # (layer, mb) -> KVCache
+        self.cache_rows: tuple = ()      # the micro-batch rows the cache is cut by
         self.weights = weights
         self._shards: dict = {}          # (tp, lane) -> that lane's weights
 
@@ -123,6 +140,11 @@ class RankProgram:
         embed; None elsewhere.  Returns the sampled tokens (b,) where the schedule samples
         them (FA Pool base, static first and last stages), else None."""
         self.sch = schedule
+        if schedule.step == 0:
+            self.cache, self.cache_rows = {}, schedule.rows
+        elif self.cache_rows != schedule.rows:         # decode on another micro-batch count
+            self.cache = regroup(self.cache, self.cache_rows, schedule.rows)
+            self.cache_rows = schedule.rows
         self.unit = schedule.unit_of(self.rank)
         self.tp_unit = len(self.unit.ranks) > 1 or self.unit.role != "pool"
         self.lane = self.unit.ranks.index(self.rank) if self.tp_unit else 0

@@ -24,6 +24,8 @@ def summary(plan: Plan, res: dict) -> dict:
         "batch": wl.batch, "seq_len": wl.input_len, "output_len": wl.output_len,
         "pool_size": res["pool_size"], "microbatches": len(res["microbatch_rows"]),
         "microbatch_rows": res["microbatch_rows"],
+        "decode_microbatches": len(res["decode_microbatch_rows"]),
+        "decode_microbatch_rows": res["decode_microbatch_rows"],
         "balanced": res["balanced"], "dtype": plan.executor.dtype,
         "decode_kv": getattr(s, "decode_kv", None),
         "steps": len(res["ttft_s"]),
@@ -60,7 +62,8 @@ def write_store(path, plan: Plan, res: dict, summ: dict, backend: str, world: in
     e2e = {"strategy": s.kind, "seq_len": plan.workload.input_len,
            "batch": plan.workload.batch, "output_len": plan.workload.output_len,
            "pool_gpus": res["pool_size"], "tp": tp, "pp": pp,
-           "microbatches": len(res["microbatch_rows"]), "balanced": res["balanced"],
+           "microbatches": len(res["microbatch_rows"]),
+           "decode_microbatches": len(res["decode_microbatch_rows"]), "balanced": res["balanced"],
            **{k: summ[k] for k in metrics.KEYS}}
     store = Store(path)
     try:

@@ -39,10 +39,20 @@ class Runtime:
 
     @property
     def rows(self) -> tuple:
-        """[start, end) rows of every micro-batch: the plan's count, dealt evenly
-        (planner.schedule.microbatch_rows), in both phases."""
-        wl = self.plan.workload
-        return tuple(microbatch_rows(wl.batch, self.plan.strategy.microbatches or 1))
+        """[start, end) rows of every prefill micro-batch: the plan's count, dealt evenly
+        (planner.schedule.microbatch_rows)."""
+        return tuple(microbatch_rows(self.plan.workload.batch,
+                                     self.plan.strategy.microbatches or 1))
+
+    @property
+    def decode_rows(self) -> tuple:
+        """The same for decode: the plan's decode count (its prefill one if unset)."""
+        s = self.plan.strategy
+        return tuple(microbatch_rows(self.plan.workload.batch,
+                                     s.decode_microbatches or s.microbatches or 1))
+
+    def rows_at(self, step: int) -> tuple:
+        return self.rows if step == 0 else self.decode_rows
 
     @property
     def pool_size(self) -> int:
@@ -53,7 +63,8 @@ class Runtime:
 
     def schedule(self, step: int) -> Schedule:
         """The program of prefill (step 0) or decode step `step` for every rank."""
-        return build_schedule(self.plan.layout, self.rows, self.plan.workload.input_len, step,
+        return build_schedule(self.plan.layout, self.rows_at(step),
+                              self.plan.workload.input_len, step,
                               self.pool_size, self.record)
 
     def link(self, ranks) -> str:

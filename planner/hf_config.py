@@ -84,16 +84,16 @@ def _dense_fields(raw: dict, path: Path) -> dict:
     for field, key in keys.items():
         require(key in raw, f"config.json.{key}", f"missing in {path}")
         fields[field] = positive_int(raw[key], f"config.json.{key}")
-    fields["kv_heads"] = positive_int(raw.get("num_key_value_heads", fields["heads"]),
-                                      "config.json.num_key_value_heads")
-    require(fields["heads"] % fields["kv_heads"] == 0, "config.json.num_key_value_heads",
-            f"{fields['kv_heads']} does not divide num_attention_heads ({fields['heads']})")
     if raw.get("head_dim") is None:             # absent or null: hidden / heads
         require(fields["hidden"] % fields["heads"] == 0, "config.json.num_attention_heads",
                 f"{fields['heads']} does not divide hidden_size ({fields['hidden']})")
         fields["head_dim"] = fields["hidden"] // fields["heads"]
     else:
         fields["head_dim"] = positive_int(raw["head_dim"], "config.json.head_dim")
+    fields["kv_heads"] = positive_int(raw.get("num_key_value_heads", fields["heads"]),
+                                      "config.json.num_key_value_heads")
+    require(fields["heads"] % fields["kv_heads"] == 0, "config.json.num_key_value_heads",
+            f"{fields['kv_heads']} does not divide num_attention_heads ({fields['heads']})")
     return fields
 
 

@@ -97,8 +97,10 @@ def role_memory(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: fl
         pre = role_memory(model, strategy, wl, capacity, microbatches, "prefill")
         dec = role_memory(model, strategy, wl, capacity, microbatches, "decode")
         return {role: max(pre[role], dec[role], key=lambda m: m.total) for role in pre}
-    mb_seqs = math.ceil(wl.batch / microbatches)
     decoding = phase == "decode"
+    if decoding:
+        microbatches = decode_microbatches(strategy, wl.batch, wl.input_len)
+    mb_seqs = math.ceil(wl.batch / microbatches)
     mb_tokens = mb_seqs * (1 if decoding else wl.input_len)
     context = wl.input_len + wl.output_len if decoding else wl.input_len
     ws = workspace(capacity)
@@ -158,6 +160,23 @@ def choose_microbatches(model: ModelSpec, strategy: Strategy, wl: Workload,
             break
         count = min(count * 2, wl.batch)
     return count
+
+
+def decode_microbatches(strategy: Strategy, batch: int, input_len: int) -> int:
+    """Decode's micro-batch count: the strategy's decode_microbatches if set, else one per
+    pipeline stage, which is the fewest that keeps every stage busy: each decode
+    micro-batch re-reads every weight, so at PP=1 one (the whole batch at once) is the
+    fastest.  FA Pool with an active pool: base and pool alternate like two stages, on
+    prefill's count (the pool keeps each prefill micro-batch's K/V) or 2."""
+    if strategy.decode_microbatches is not None:
+        return max(1, min(strategy.decode_microbatches, batch))
+    if isinstance(strategy, StaticStrategy):
+        stages = strategy.pp
+    elif strategy.pool_size(input_len):
+        stages = strategy.microbatches or 2
+    else:
+        stages = 1
+    return max(1, min(stages, batch))
 
 
 def memory_check(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float,

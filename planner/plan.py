@@ -122,14 +122,18 @@ class Plan:
 
 def resolve_microbatches(model: ModelSpec, strategy: Strategy, workload: Workload,
                          profile: Profile) -> Strategy:
-    """The strategy with its micro-batch count made explicit: the simulator's choice for
-    an unset count (planner.memory.choose_microbatches).  The executor cuts both phases
-    into strategy.microbatches, so a plan states it; predict with the resolved strategy."""
-    if strategy.microbatches is not None:
-        return strategy
-    from planner.memory import choose_microbatches
-    count = choose_microbatches(model, strategy, workload, profile.device.hbm_bytes)
-    return dataclasses.replace(strategy, microbatches=count)
+    """The strategy with both micro-batch counts made explicit: the simulator's choice for
+    an unset one (planner.memory.choose_microbatches for prefill,
+    planner.simulate.decode_microbatches for decode).  The executor cuts each phase into
+    its count, so a plan states them; predict with the resolved strategy."""
+    from planner.memory import choose_microbatches, decode_microbatches
+    if strategy.microbatches is None:
+        count = choose_microbatches(model, strategy, workload, profile.device.hbm_bytes)
+        strategy = dataclasses.replace(strategy, microbatches=count)
+    if strategy.decode_microbatches is None:
+        strategy = dataclasses.replace(strategy, decode_microbatches=decode_microbatches(
+            strategy, workload.batch, workload.input_len))
+    return strategy
 
 
 def make_plan(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workload: Workload,

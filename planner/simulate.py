@@ -22,12 +22,12 @@ from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.costs import CostModel, check_precision
 from planner.layout import Layout, build_layout
-from planner.memory import memory_check
+from planner.memory import decode_microbatches, memory_check
 from planner.model import ModelSpec
 from planner.result import SimResult
 from planner.schedule import build_schedule, microbatch_rows, plan_units
 from planner.sim.run import run_schedule, sim_units, steady_period
-from planner.strategy import StaticStrategy, Strategy
+from planner.strategy import Strategy
 from planner.workload import Workload
 
 PHASES = ("prefill", "decode", "both")
@@ -77,21 +77,13 @@ def _decode(cm: CostModel, layout: Layout, wl: Workload, microbatches: int,
     return PhaseRun(tpot, machine.busy, machine.comm_time, machine.op_time, machine.events)
 
 
-def decode_microbatches(strategy: Strategy, batch: int) -> int:
-    """The strategy's micro-batch count (the executor uses it in both phases), else enough
-    to keep every pipeline stage (or base and pool) busy."""
-    if strategy.microbatches is not None:
-        return min(strategy.microbatches, batch)
-    stages = strategy.pp if isinstance(strategy, StaticStrategy) else 2
-    return max(1, min(max(stages, 2), batch))
-
-
 def _run(profile: Profile, layout: Layout, wl: Workload, phase: str, microbatches: int,
          record: bool) -> tuple:
     m = layout.model
     cm = CostModel(profile, layout.cluster, m.dtype_bytes, m.weight_bytes, m.kv_bytes)
     prefill = _prefill(cm, layout, wl, microbatches, record) if phase != "decode" else None
-    decode = (_decode(cm, layout, wl, decode_microbatches(layout.strategy, wl.batch),
+    decode = (_decode(cm, layout, wl, decode_microbatches(layout.strategy, wl.batch,
+                                                          wl.input_len),
                       record) if phase != "prefill" else None)
     units = sim_units(layout, plan_units(layout, layout.strategy.pool_size(wl.input_len)))
     return units, prefill, decode
@@ -111,7 +103,8 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workloa
     microbatches, memory, reasons = memory_check(model, strategy, workload, capacity, phase)
     base = dict(model=model, cluster=cluster, strategy=strategy, workload=workload, phase=phase,
                 profile=profile.name, memory=memory, microbatches=microbatches,
-                decode_microbatches=decode_microbatches(strategy, workload.batch))
+                decode_microbatches=decode_microbatches(strategy, workload.batch,
+                                                        workload.input_len))
     if reasons:
         return SimResult(feasible=False, infeasible_reasons=tuple(reasons), **base)
     units, prefill, decode = _run(profile, layout, workload, phase, microbatches, record)

@@ -14,20 +14,22 @@ DECODE_KV_PLACEMENTS = ("split-batch", "split-seq", "replicated")
 class StaticStrategy:
     """Megatron-style tensor parallel (tp) x pipeline parallel (pp) over micro-batches.
 
-    microbatches: number of micro-batches the batch is cut into (None: chosen so activations
-    fit and the pipeline stays full; see planner.memory.choose_microbatches).
+    microbatches: number of micro-batches prefill cuts the batch into (None: chosen so
+    activations fit and the pipeline stays full; see planner.memory.choose_microbatches).
+    decode_microbatches: decode's (None: planner.simulate.decode_microbatches; every
+    decode micro-batch re-reads all weights, so more than the stages only costs).
     """
 
     tp: int = 8
     pp: int = 2
     microbatches: int | None = None
+    decode_microbatches: int | None = None
     kind: str = "static"
 
     def __post_init__(self):
         positive_int(self.tp, "strategy.tp")
         positive_int(self.pp, "strategy.pp")
-        if self.microbatches is not None:
-            positive_int(self.microbatches, "strategy.microbatches")
+        check_microbatches(self)
 
     def gpus(self, seq_len: int) -> int:
         return self.tp * self.pp
@@ -58,6 +60,8 @@ class FAPoolStrategy:
     every sequence; partial outputs merged by log-sum-exp), replicated (every pool GPU keeps it
     all, as the paper's "KV cache sharing: replicated" reads).
     balanced: head-tail causal load balancing of the Q blocks (the executor measures both).
+    microbatches / decode_microbatches: prefill's and decode's micro-batch counts (None:
+    chosen; see StaticStrategy).
     """
 
     base_tp: int = 8
@@ -67,6 +71,7 @@ class FAPoolStrategy:
     pool_gpus: int | None = None
     decode_kv: str = "split-batch"
     microbatches: int | None = None
+    decode_microbatches: int | None = None
     balanced: bool = False
     kind: str = "fapool"
 
@@ -77,8 +82,7 @@ class FAPoolStrategy:
         positive_int(self.max_pool, "strategy.max_pool")
         if self.pool_gpus is not None:
             positive_int(self.pool_gpus, "strategy.pool_gpus")
-        if self.microbatches is not None:
-            positive_int(self.microbatches, "strategy.microbatches")
+        check_microbatches(self)
         require(self.decode_kv in DECODE_KV_PLACEMENTS, "strategy.decode_kv",
                 f"must be one of {DECODE_KV_PLACEMENTS}, got {self.decode_kv!r}")
 
@@ -111,6 +115,12 @@ class FAPoolStrategy:
 
 
 Strategy = StaticStrategy | FAPoolStrategy
+
+
+def check_microbatches(s) -> None:
+    for name in ("microbatches", "decode_microbatches"):
+        if getattr(s, name) is not None:
+            positive_int(getattr(s, name), f"strategy.{name}")
 
 
 def strategy_from_dict(raw: dict) -> Strategy:

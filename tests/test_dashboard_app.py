@@ -205,3 +205,17 @@ def test_search_runs_behind_the_button(app):
     assert "chart_pareto" in charts(app)
     app.number_input(key="search_gpus").set_value(32).run()   # other inputs: it is stale
     assert "chart_pareto" not in charts(app)
+
+
+def test_precision_changes_the_prediction_and_fp8_on_a100_is_a_message(app):
+    tpot = metrics(app)["TPOT (ms)"]
+    app.selectbox(key="cluster").set_value("dgx-h100").run()
+    assert_clean(app)
+    h100 = metrics(app)["TPOT (ms)"]
+    app.selectbox(key="dtype").set_value("fp8").run()
+    assert_clean(app)
+    assert metrics(app)["TPOT (ms)"] != h100 != tpot
+    app.selectbox(key="cluster").set_value("dgx-a100").run()
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert len(errors) == 1 and "no FP8 tensor cores" in errors[0], errors

@@ -238,7 +238,8 @@ def test_plan_json_is_a_valid_plan_with_predictions():
     raw = json.loads(data.plan_json(sc))
     plan = plan_from_dict(raw)
     # the strategy with its micro-batch count made explicit, as the simulator chose it
-    assert plan.strategy == replace(sc.fapool, microbatches=plan.strategy.microbatches)
+    assert plan.strategy == replace(sc.fapool, microbatches=plan.strategy.microbatches,
+                                    decode_microbatches=plan.strategy.decode_microbatches)
     assert plan.workload == sc.workload()
     point = data.point(PAPER, A100, PROFILE, plan.strategy, sc.workload())
     assert point["microbatches"] == plan.strategy.microbatches

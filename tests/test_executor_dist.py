@@ -49,6 +49,11 @@ CASES = [
     ("below-threshold-tp2-mqa", MQA_SWIGLU, fapool(base_tp=2, pool=2, threshold=12), 3, 11, 3,
      0),
     ("static-tp2-pp2", TINY, StaticStrategy(tp=2, pp=2, microbatches=2), 3, 9, 3, 0),
+    # decode on another micro-batch count than prefill: the K/V caches are re-cut
+    ("static-tp2-pp1-prefill3-decode1", TINY, StaticStrategy(tp=2, pp=1, microbatches=3,
+                                                             decode_microbatches=1), 3, 9, 3, 0),
+    ("static-tp1-pp2-prefill3-decode2", GQA, StaticStrategy(tp=1, pp=2, microbatches=3),
+     4, 9, 3, 0),
     ("static-tp1-pp2-gqa", GQA, StaticStrategy(tp=1, pp=2, microbatches=1), 2, 9, 3, 0),
     ("static-tp2-pp1-mqa", MQA_SWIGLU, StaticStrategy(tp=2, pp=1), 2, 7, 3, 0),
 ]

@@ -36,8 +36,10 @@ def test_simulator_and_executor_report_agree_on_the_same_times():
     plan = make_plan(PRESETS["tiny"], resolve_cluster("local"), StaticStrategy(1, 1, 3), WL,
                      load_profile("local"))
     res = {"ttft_s": [r.ttft_s], "tpot_s": [r.tpot_s], "per_rank_timings": [],
-           "pool_size": 0, "microbatch_rows": [2, 1, 1], "balanced": False}
+           "pool_size": 0, "microbatch_rows": [2, 1, 1], "decode_microbatch_rows": [4],
+           "balanced": False}
     summ = summary(plan, res)
     for key in metrics.KEYS:
         assert summ[key] == pytest.approx(js[key], rel=1e-3), key
     assert summ["microbatch_rows"] == js["microbatch_rows"]
+    assert summ["decode_microbatch_rows"] == js["decode_microbatch_rows"] == [4]   # PP=1

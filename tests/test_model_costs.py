@@ -79,7 +79,7 @@ def test_a_moe_holds_every_expert_and_computes_with_the_reached_ones():
 
 def test_the_executor_refuses_what_it_would_run_as_something_else():
     from calibration.errors import InputError
-    from executor.model import require_runnable
+    from executor.model import require_runnable_model as require_runnable
     with pytest.raises(InputError) as err:
         require_runnable(PRESETS["mixtral-8x7b"])
     assert err.value.field == "plan.model.experts"

@@ -41,6 +41,7 @@ GRID = [
     ("static-tp1-pp1", TINY, StaticStrategy(1, 1, microbatches=1), 2, 9, 3),
     ("static-tp2-pp2-mb3", TINY, StaticStrategy(2, 2, microbatches=3), 4, 9, 3),
     ("static-tp1-pp2-gqa-mb2", GQA, StaticStrategy(1, 2, microbatches=2), 3, 7, 2),
+    ("static-tp2-pp1-prefill2-decode1", TINY, StaticStrategy(2, 1, microbatches=2), 3, 7, 3),
     ("fapool-tp1-pool1", TINY, fapool(1, 1), 2, 13, 3),
     ("fapool-tp1-pool3-splitseq-balanced-mb2", TINY, fapool(1, 3, "split-seq", 2, True),
      3, 13, 4),
@@ -80,7 +81,8 @@ def recorded(tmp_path_factory):
 def expected(plan, step: int) -> tuple:
     """{rank: expected recorder rows} of one step, and the schedule."""
     wl, s = plan.workload, plan.strategy
-    rows = tuple(microbatch_rows(wl.batch, s.microbatches or 1))
+    rows = tuple(microbatch_rows(wl.batch, (s.decode_microbatches if step else
+                                            s.microbatches) or 1))
     schedule = build_schedule(plan.layout, rows, wl.input_len, step,
                               s.pool_size(wl.input_len))
     ranks = [r for u in schedule.units.values() for r in u.ranks]
@@ -95,6 +97,8 @@ def test_recorded_ops_equal_the_schedule(recorded, name):
     steps = plan.workload.output_len
     assert summ["microbatch_rows"] == [b - a for a, b in microbatch_rows(
         plan.workload.batch, plan.strategy.microbatches or 1)]
+    assert summ["decode_microbatch_rows"] == [b - a for a, b in microbatch_rows(
+        plan.workload.batch, plan.strategy.decode_microbatches or 1)]
     for step in range(steps):
         want, schedule = expected(plan, step)
         check_message_order(schedule)

@@ -21,8 +21,9 @@ def _plan(strategy=None):
 
 
 def test_plan_states_the_micro_batch_count_the_simulator_used():
-    """The executor cuts both phases into strategy.microbatches (default 1), so a plan
-    whose strategy left it unset would run other than predicted."""
+    """The executor cuts prefill into strategy.microbatches and decode into
+    strategy.decode_microbatches, so a plan whose strategy left them unset would run other
+    than predicted: the plan states both, as the simulator chose them (decode: 1 at PP=1)."""
     cluster, model, wl = resolve_cluster("local"), PRESETS["tiny"], Workload(4, 64, 8)
     profile = cluster.load_profile()
     unset = StaticStrategy(1, 1)
@@ -30,7 +31,8 @@ def test_plan_states_the_micro_batch_count_the_simulator_used():
     sim = simulate(model, cluster, unset, wl, profile=profile, record=False)
     assert plan.strategy.microbatches == sim.microbatches == 2
     again = simulate(model, cluster, plan.strategy, wl, profile=profile, record=False)
-    assert again.microbatches == again.decode_microbatches == 2
+    assert plan.strategy.decode_microbatches == sim.decode_microbatches == 1
+    assert (again.microbatches, again.decode_microbatches) == (2, 1)
     with pytest.raises(ValueError, match="micro-batch"):
         make_plan(model, cluster, unset, wl, profile, predictions=sim.to_json())
 

@@ -235,3 +235,45 @@ def test_cpu_transfers_hold_a_core_at_each_end():
     assert third_rank_compute_start(2) == pytest.approx(1.0)     # after the transfer
     assert third_rank_compute_start(3) == pytest.approx(0.1)     # a core was free
     assert third_rank_compute_start(0) == pytest.approx(0.1)     # GPUs: no cores shared
+
+
+def test_decode_runs_one_microbatch_per_pipeline_stage_unless_asked():
+    """Llama-2-70B TP 4, batch 16, 128 in / 2048 out: at PP=1 decode is one micro-batch
+    (each decode micro-batch re-reads every weight), whatever prefill's count; the user's
+    --decode-microbatches is honoured; FA Pool with a pool keeps prefill's count."""
+    m70 = PRESETS["llama-2-70b"]
+    wl = Workload(16, 128, 2048)
+    auto = simulate(m70, A100, StaticStrategy(4, 1), wl, interval_samples=0, record=False)
+    one = simulate(m70, A100, StaticStrategy(4, 1, microbatches=1), wl, interval_samples=0,
+                   record=False)
+    two = simulate(m70, A100, StaticStrategy(4, 1, decode_microbatches=2), wl,
+                   interval_samples=0, record=False)
+    assert auto.microbatches >= 2 and auto.decode_microbatches == 1
+    assert auto.tpot_s == pytest.approx(one.tpot_s)
+    assert two.decode_microbatches == 2 and two.tpot_s > 1.5 * auto.tpot_s
+    j = auto.to_json()
+    assert j["decode_microbatch_rows"] == [16] and sum(j["microbatch_rows"]) == 16
+    pp4 = simulate(m70, A100, StaticStrategy(4, 4), wl, interval_samples=0, record=False)
+    assert pp4.decode_microbatches == 4
+    fa = simulate(PAPER, A100, FAPoolStrategy(microbatches=3), Workload(6, 8192, 8),
+                  interval_samples=0, record=False)
+    assert fa.decode_microbatches == 3
+    short = simulate(PAPER, A100, FAPoolStrategy(), Workload(6, 1024, 8), interval_samples=0,
+                     record=False)
+    assert short.decode_microbatches == 1            # no pool: the base alone, like PP=1
+
+
+def test_the_executor_refuses_another_decode_count_with_an_active_pool():
+    from calibration.errors import InputError
+    from executor.model import require_runnable
+    from planner.plan import make_plan
+    tiny = PRESETS["tiny"]
+    local = resolve_cluster("local", profile="dgx-a100")
+    s = FAPoolStrategy(base_tp=1, threshold=8, pool_gpus=1, max_pool=1, microbatches=2,
+                       decode_microbatches=1)
+    plan = make_plan(tiny, local, s, Workload(2, 16, 3), load_profile("dgx-a100"))
+    with pytest.raises(InputError) as err:
+        require_runnable(plan)
+    assert err.value.field == "plan.strategy.decode_microbatches"
+    require_runnable(make_plan(tiny, local, dataclasses.replace(s, threshold=64),
+                               Workload(2, 16, 3), load_profile("dgx-a100")))   # no pool

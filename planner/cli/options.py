@@ -76,7 +76,13 @@ def add_strategy_options(p: argparse.ArgumentParser) -> None:
                         "(fapool) (default %(default)s)")
     g.add_argument("--pp", type=_int, default=2, help="pipeline stages, static only (default %(default)s)")
     g.add_argument("--microbatches", type=_int, default=None,
-                   help="micro-batches per batch (default: smallest count whose activations fit)")
+                   help="micro-batches per batch in both phases (the phase flags below win)")
+    g.add_argument("--prefill-microbatches", type=_int, default=None,
+                   help="prefill's micro-batches (default: the smallest count whose "
+                        "activations fit, at least one per stage)")
+    g.add_argument("--decode-microbatches", type=_int, default=None,
+                   help="decode's micro-batches (default: one per pipeline stage, 1 at PP=1; "
+                        "FA Pool with a pool: prefill's count)")
     g.add_argument("--threshold", type=_int, default=4096,
                    help="sequence length at which the pool is activated (default %(default)s)")
     g.add_argument("--pool-gpus", type=_int, default=None,
@@ -89,6 +95,14 @@ def add_strategy_options(p: argparse.ArgumentParser) -> None:
                    help="where the pool keeps the K/V cache in decode (default %(default)s)")
     g.add_argument("--balanced", action="store_true",
                    help="head-tail causal load balancing of the pool's Q blocks")
+
+
+def _microbatches(args) -> dict:
+    """{microbatches, decode_microbatches} from --microbatches and the per-phase flags."""
+    both = args.microbatches
+    prefill = args.prefill_microbatches if args.prefill_microbatches is not None else both
+    decode = args.decode_microbatches if args.decode_microbatches is not None else both
+    return {"microbatches": prefill, "decode_microbatches": decode}
 
 
 def model_from_args(args) -> ModelSpec:
@@ -108,12 +122,12 @@ def workload_from_args(args) -> Workload:
 
 def strategy_from_args(args) -> Strategy:
     if args.strategy == "static":
-        return StaticStrategy(tp=args.tp, pp=args.pp, microbatches=args.microbatches)
+        return StaticStrategy(tp=args.tp, pp=args.pp, **_microbatches(args))
     if args.strategy == "fapool":
         return FAPoolStrategy(base_tp=args.tp, threshold=args.threshold,
                               tokens_per_pool_gpu=args.tokens_per_pool_gpu,
                               max_pool=args.max_pool, pool_gpus=args.pool_gpus,
-                              decode_kv=args.decode_kv, microbatches=args.microbatches,
+                              decode_kv=args.decode_kv, **_microbatches(args),
                               balanced=args.balanced)
     raise InputError("--strategy", f"unknown strategy {args.strategy!r}")
 

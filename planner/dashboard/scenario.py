@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from calibration.errors import InputError, positive_int, require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
+from planner.costs import check_precision
 from planner.layout import build_layout
 from planner.model import ModelSpec
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
@@ -63,6 +64,7 @@ class Scenario:
         build_layout(self.model, self.cluster, self.fapool)
         build_layout(self.model, self.cluster, self.static)
         require_links(self.profile, self.cluster)
+        check_precision(self.model.weight_bytes, self.profile.device)
 
     def strategy(self, kind: str | None = None) -> Strategy:
         kind = kind or self.selected
