@@ -125,9 +125,13 @@ def _starts(names, tmin: float):
     return combos
 
 
+BOOTSTRAP_DRAWS = 24      # refits on resampled points per curve (prediction intervals)
+
+
 def fit_curve(family: str, points: list[Point], device: curves.Device | None = None,
               peak_bandwidth: float | None = None, fixed: dict | None = None,
-              priors: dict | None = None, sources: tuple = ()) -> FitResult:
+              priors: dict | None = None, sources: tuple = (),
+              bootstrap: int = BOOTSTRAP_DRAWS) -> FitResult:
     """Fit one family (family 'link' needs peak_bandwidth; the others need device).
 
     fixed: name -> Fixed, held from the start.  priors: name -> Fixed, used only for a
@@ -190,11 +194,42 @@ def fit_curve(family: str, points: list[Point], device: curves.Device | None = N
                      "rmse_rel says nothing; the std comes from the points' own uncertainty")
     std = {n: float(math.sqrt(max(cov[i, i], 0.0))) for i, n in enumerate(names)}
     rmse = float(math.sqrt(np.mean(resid ** 2)))
+    draws = bootstrap_draws(family, points, device, peak_bandwidth, free, fixed, x, sigma,
+                            bootstrap) if free and dof > 0 else ()
     curve = Curve(family=family, params={n: float(params[n]) for n in names}, std=std,
                   cov=tuple(tuple(float(v) for v in row) for row in cov), rmse_rel=rmse,
-                  points=len(points), sources=tuple(sources) + tuple(notes))
+                  points=len(points), sources=tuple(sources) + tuple(notes), draws=draws)
     residuals = tuple((label(p), p.time_s, float(e)) for p, e in zip(points, resid))
     return FitResult(curve, residuals)
+
+
+def bootstrap_draws(family, points, device, peak_bandwidth, free, fixed, x, sigma,
+                    count: int) -> tuple:
+    """Parameter tuples (family order) of `count` refits, each on the points resampled
+    with replacement (Efron's bootstrap), started at the fit x, the held parameters held.
+    The spread is what the points support: a parameter they do not constrain does not
+    move, where a linearised covariance would give it any width.  Seeded: a profile's
+    draws are reproducible."""
+    names = curves.FAMILY_PARAMS[family]
+    rng = np.random.default_rng(len(points))
+    lower = np.array([BOUNDS[n][0] for n in free])
+    upper = np.array([BOUNDS[n][1] for n in free])
+    out = []
+    for _ in range(count):
+        idx = rng.integers(0, len(points), len(points))
+        pts, sig = [points[i] for i in idx], sigma[idx]
+        log_t = np.log(np.array([p.time_s for p in pts]))
+
+        def residual(xs, pts=pts, sig=sig, log_t=log_t):
+            params = _params(fixed, free, xs)
+            model = np.array([predict(family, params, p, device, peak_bandwidth)
+                              for p in pts])
+            return (np.log(np.maximum(model, 1e-300)) - log_t) / sig
+        res = least_squares(residual, np.clip(x, lower, upper), bounds=(lower, upper),
+                            x_scale="jac", method="trf", max_nfev=500)
+        params = _params(fixed, free, res.x)
+        out.append(tuple(float(params[n]) for n in names))
+    return tuple(out)
 
 
 def _params(fixed: dict, free, x) -> dict:

@@ -56,9 +56,17 @@ class Curve:
     rmse_rel: float | None = None
     points: int = 0
     sources: tuple = ()
+    # bootstrap refits (calibration.fit.bootstrap_draws): one parameter tuple per resample
+    # of the measured points, in family parameter order; intervals draw from these
+    draws: tuple = ()
 
     def __post_init__(self):
         where = f"curves.{self.family}" if self.family != "link" else "links"
+        for k, draw in enumerate(self.draws):
+            require(len(draw) == len(curves.FAMILY_PARAMS[self.family]) and all(
+                isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in draw),
+                f"{where}.draws.{k}", f"must be {len(curves.FAMILY_PARAMS[self.family])} "
+                "finite numbers >= 0 in family parameter order")
         names = curves.FAMILY_PARAMS[self.family]
         defaulted = [n for n in names if n not in self.params and n in curves.PARAM_DEFAULTS]
         if defaulted:  # an older profile: fill the defaults, embed its smaller covariance
@@ -94,8 +102,13 @@ class Curve:
         return curves.FAMILY_PARAMS[self.family]
 
     def sample(self, rng: np.random.Generator) -> "Curve":
-        """A draw of the parameters from N(params, cov) (or independent std), clipped to
-        their valid ranges.  Without uncertainty the curve is returned unchanged."""
+        """A draw of the parameters: one of the bootstrap refits when the curve has them
+        (what the measured points support, however poorly a parameter is identified),
+        else from N(params, cov) (or independent std), clipped to their valid ranges.
+        Without uncertainty the curve is returned unchanged."""
+        if self.draws:
+            draw = self.draws[int(rng.integers(len(self.draws)))]
+            return replace(self, params=dict(zip(self.names, (float(v) for v in draw))))
         mean = np.array([self.params[n] for n in self.names], dtype=float)
         if self.cov is not None:
             draw = rng.multivariate_normal(mean, np.asarray(self.cov, dtype=float),
@@ -127,6 +140,8 @@ class Curve:
         out["points"] = int(self.points)
         if self.sources:
             out["sources"] = list(self.sources)
+        if self.draws:
+            out["draws"] = [[float(v) for v in d] for d in self.draws]
         return out
 
 
@@ -216,7 +231,7 @@ class Profile:
     @property
     def has_uncertainty(self) -> bool:
         parts = [self.gemm, self.attention, self.memory] + [l.curve for l in self.links.values()]
-        return any(c.cov is not None or c.std for c in parts) or self.host.std > 0
+        return any(c.cov is not None or c.std or c.draws for c in parts) or self.host.std > 0
 
     # ------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
@@ -287,9 +302,14 @@ def _curve(family: str, body: dict, where: str) -> Curve:
     params = body.get("params")
     require(isinstance(params, dict), f"{where}.params", "missing or not a mapping")
     try:
+        draws = body.get("draws") or ()
+        require(isinstance(draws, (list, tuple)) and all(isinstance(d, (list, tuple))
+                                                         for d in draws),
+                f"{where}.draws", "must be a list of parameter lists")
         return Curve(family=family, params=dict(params), std=dict(body.get("std") or {}),
                      cov=body.get("cov"), rmse_rel=body.get("rmse_rel"),
-                     points=int(body.get("points", 0)), sources=tuple(body.get("sources", ())))
+                     points=int(body.get("points", 0)), sources=tuple(body.get("sources", ())),
+                     draws=tuple(tuple(d) for d in draws))
     except InputError as err:  # re-anchor the field under this profile path
         raise InputError(err.field.replace(f"curves.{family}" if family != "link" else "links",
                                            where, 1), err.problem) from None

@@ -110,16 +110,20 @@ def simulate(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workloa
     units, prefill, decode = _run(profile, layout, workload, phase, microbatches, record)
     intervals = {}
     if interval_samples and profile.has_uncertainty:
+        points = {"ttft": prefill.seconds if prefill else None,
+                  "tpot": decode.seconds if decode else None}
         intervals = _intervals(profile, layout, workload, phase, microbatches,
-                               interval_samples, seed)
+                               interval_samples, seed, points)
     return SimResult(feasible=True, units=units, prefill=prefill, decode=decode,
                      ttft_interval=intervals.get("ttft"), tpot_interval=intervals.get("tpot"),
                      **base)
 
 
 def _intervals(profile: Profile, layout: Layout, wl: Workload, phase: str, microbatches: int,
-               samples: int, seed: int) -> dict:
-    """Percentile interval of TTFT / TPOT over draws of the profile's fitted parameters."""
+               samples: int, seed: int, points: dict) -> dict:
+    """Percentile interval of TTFT / TPOT over draws of the profile's fitted parameters
+    (bootstrap refits where the profile has them), widened to hold the point prediction
+    if a skewed spread left it outside: the interval is never one the point contradicts."""
     rng = np.random.default_rng(seed)
     ttft, tpot = [], []
     for _ in range(samples):
@@ -132,5 +136,5 @@ def _intervals(profile: Profile, layout: Layout, wl: Workload, phase: str, micro
     for name, values in (("ttft", ttft), ("tpot", tpot)):
         if values:
             low, high = np.percentile(values, INTERVAL_PERCENTILES)
-            out[name] = (float(low), float(high))
+            out[name] = (min(float(low), points[name]), max(float(high), points[name]))
     return out
