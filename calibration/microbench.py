@@ -259,17 +259,32 @@ def collective_repeats(sw: Sweep, size: int) -> tuple[int, int]:
     return sw.warmup + 1, max(sw.small_collective_repeats, sw.max_repeats // 2 + 2)
 
 
-def _collective_fn(op, rank, world, tensor, gathered):
+def group_sizes(world: int) -> list:
+    """Group sizes every collective is timed at: 2 .. world.  A plan's collectives run in
+    groups smaller than the world (a TP group of 2 among 4 processes), so the link's one
+    alpha-beta fit sees them all: timed among the world only, a 4-process gloo all_reduce
+    on 2 cores (20x a 2-process one) set every message's latency.  (Separate curves per
+    group size fit the microbenchmarks better and the executor worse: held-out refit MAPE
+    22/16/15 % against 10/17/13 % for TTFT/TPOT/ratio, one validate run each, 4 Dec.)"""
+    return list(range(2, world + 1))
+
+
+def _collective_fn(op, rank, world, tensor, gathered, group=None, size=None):
+    """The op among ranks 0 .. size-1 (group; None: the world); a no-op on other ranks."""
     import torch.distributed as dist
 
+    size = size or world
+    if rank >= size:
+        return lambda: None
     if op == "all_reduce":
-        return lambda: dist.all_reduce(tensor)
+        return lambda: dist.all_reduce(tensor, group=group)
     if op == "all_gather":
-        return lambda: dist.all_gather(gathered, tensor)
+        return lambda: dist.all_gather(gathered[:size], tensor, group=group)
     if op == "broadcast":
-        return lambda: dist.broadcast(tensor, src=0)
+        return lambda: dist.broadcast(tensor, src=0, group=group)
     if op == "gather":
-        return lambda: dist.gather(tensor, gathered if rank == 0 else None, dst=0)
+        return lambda: dist.gather(tensor, gathered[:size] if rank == 0 else None, dst=0,
+                                   group=group)
     if op == "send_recv":  # ping-pong between ranks 0 and 1; time / 2 is one transfer
         if rank == 0:
             return lambda: (dist.send(tensor, 1), dist.recv(tensor, 1))
@@ -290,14 +305,18 @@ def _collective_worker(rank, world, port, backend, sw, timeout_s, out_path):
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, timeout=timedelta(seconds=timeout_s))
     try:
-        points = [(op, size) for op in COLLECTIVE_OPS for size in sw.collective_bytes]
+        # every rank creates every group, in the same order (torch.distributed's rule)
+        groups = {g: (None if g == world else dist.new_group(list(range(g))))
+                  for g in group_sizes(world)}
+        points = [(op, size, g) for op in COLLECTIVE_OPS for size in sw.collective_bytes
+                  for g in ((2,) if op == "send_recv" else group_sizes(world))]
         bar = tqdm(points, desc=f"collectives x{world}", unit="pt", disable=rank != 0,
                    dynamic_ncols=True)
         results = []
-        for op, size in bar:
+        for op, size, g in bar:
             tensor = torch.ones(size // 4, dtype=torch.float32, device=device)  # (elements,)
             gathered = [torch.empty_like(tensor) for _ in range(world)]
-            fn = _collective_fn(op, rank, world, tensor, gathered)
+            fn = _collective_fn(op, rank, world, tensor, gathered, groups.get(g), g)
             warmup, repeats = collective_repeats(sw, size)
             for _ in range(warmup):
                 fn()
@@ -315,7 +334,7 @@ def _collective_worker(rank, world, port, backend, sw, timeout_s, out_path):
             slowest = torch.tensor(times, dtype=torch.float64, device=device)
             dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             scale = 0.5 if op == "send_recv" else 1.0
-            results.append({"op": op, "bytes": size, "ranks": 2 if op == "send_recv" else world,
+            results.append({"op": op, "bytes": size, "ranks": g,
                             "times_s": [scale * float(t) for t in slowest.cpu()]})
             del tensor, gathered, fn
         posts = _post_overhead(rank, device, min(sw.collective_bytes), 20 * sw.max_repeats)

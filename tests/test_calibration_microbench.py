@@ -65,3 +65,21 @@ def test_collectives_past_their_deadline_are_killed():
     with pytest.raises(microbench.CollectiveError, match="did not finish"):
         microbench.run_collectives(sw, "gloo", 2, "loopback", lambda *a: None, deadline_s=0.5)
     assert time.monotonic() - start < 20
+
+
+@pytest.mark.slow
+def test_collectives_are_timed_among_every_group_size_up_to_the_world():
+    """A plan's collectives run in groups smaller than the world (a TP group of 2 among 3
+    processes): every collective is timed among 2 .. world ranks, a send between 2."""
+    sw = microbench.Sweep(gemm=(), attention=(), memory=(), collective_bytes=(1024, 4096),
+                          warmup=1, min_repeats=2, max_repeats=2, budget_s=0.0,
+                          small_collective_repeats=2)
+    got = []
+    microbench.run_collectives(sw, "gloo", 3, "loopback-3", lambda *a: got.append(a),
+                               deadline_s=120)
+    seen = {(op, p["ranks"], p["bytes"]) for op, p, *_ in got if "ranks" in p}
+    for op in ("all_reduce", "all_gather", "broadcast", "gather"):
+        assert {(op, g, b) for g in (2, 3) for b in (1024, 4096)} <= seen, op
+    assert {r for op, r, _ in seen if op == "send_recv"} == {2}
+    repeats = microbench.collective_repeats(sw, 1024)[1]
+    assert all(len(t) == repeats and min(t) > 0 for op, p, t, *_ in got if "ranks" in p)
