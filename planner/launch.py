@@ -6,6 +6,15 @@ node i runs ranks [i * gpus_per_node, ...) with ``python -m executor --plan plan
 Rendezvous is torchrun's static backend (``--master-addr/--master-port`` + ``--node-rank``):
 it pins global ranks to node ranks, which the plan's layout relies on (the c10d backend
 assigns node ranks in arrival order).  The last node may run fewer ranks than the others.
+
+Replicas (plan.serving): each replica is its own torchrun group of the plan's ranks, with
+its own rendezvous.  A replica smaller than a node shares nodes with others
+(gpus_per_node // world replicas per node, each on its own GPUs via CUDA_VISIBLE_DEVICES
+and its own master port); a larger one takes whole nodes.  torchrun: one script per
+(replica, node), torchrun_replica<r>_node<i>.sh (torchrun_node<i>.sh with one replica);
+Slurm: a job array, one array task per replica; Kubernetes: one Indexed Job (and headless
+Service) per replica, all sharing the plan's ConfigMap.  The router that sends requests to
+replicas is stated in each file's header.
 """
 
 from __future__ import annotations
@@ -22,14 +31,35 @@ IMAGE = "fa-pool:latest"      # an image with this repository installed (`pip in
 
 
 def node_ranks(plan: Plan) -> list:
-    """Processes per node: [gpus_per_node, ..., remainder]."""
+    """Processes per node of one replica: [gpus_per_node, ..., remainder]."""
     world, gpn = plan.world_size, plan.cluster.gpus_per_node
     nodes = math.ceil(world / gpn)
     return [min(gpn, world - i * gpn) for i in range(nodes)]
 
 
-def _name(plan: Plan) -> str:
-    return f"fapool-{plan.plan_id}"          # DNS-1123: lowercase hex id
+def replicas_per_node(plan: Plan) -> int:
+    """Replicas that share one node (1 when a replica takes whole nodes)."""
+    return max(1, plan.cluster.gpus_per_node // plan.world_size)
+
+
+def replica_place(plan: Plan, replica: int) -> tuple:
+    """(first node, first GPU on it, master port) of a replica."""
+    k = replicas_per_node(plan)
+    if k > 1:
+        slot = replica % k
+        return replica // k, slot * plan.world_size, MASTER_PORT + slot
+    return replica * len(node_ranks(plan)), 0, MASTER_PORT
+
+
+def nodes_needed(plan: Plan) -> int:
+    reps = plan.serving.replicas
+    k = replicas_per_node(plan)
+    return math.ceil(reps / k) if k > 1 else reps * len(node_ranks(plan))
+
+
+def _name(plan: Plan, replica: int | None = None) -> str:
+    base = f"fapool-{plan.plan_id}"          # DNS-1123: lowercase hex id
+    return base if replica is None or plan.serving.replicas == 1 else f"{base}-r{replica}"
 
 
 def _torchrun(nnodes: int, node_rank: str, nproc: str, plan_path: str) -> str:
@@ -42,25 +72,42 @@ def _torchrun(nnodes: int, node_rank: str, nproc: str, plan_path: str) -> str:
 
 
 def _header(plan: Plan) -> str:
+    sv = plan.serving
     return (f"# FA Pool plan {plan.plan_id}: {plan.strategy.describe()}\n"
             f"# model {plan.model.name}, cluster {plan.cluster.name}, {plan.world_size} ranks "
-            f"on {len(node_ranks(plan))} node(s)\n")
+            f"on {len(node_ranks(plan))} node(s) per replica\n"
+            f"# {sv.replicas} replica(s) ({nodes_needed(plan)} node(s) in all), at most "
+            f"{sv.max_batch} requests in flight each; router: {sv.router} (planner.serving);"
+            f" pools: {sv.to_dict()['pool']}\n")
 
 
-def torchrun_script(plan: Plan, node: int) -> str:
+def _visible(plan: Plan, replica: int) -> str:
+    """The CUDA_VISIBLE_DEVICES line of a replica that shares its node ('' otherwise)."""
+    if replicas_per_node(plan) == 1:
+        return ""
+    _, gpu, _ = replica_place(plan, replica)
+    devices = ",".join(str(gpu + i) for i in range(plan.world_size))
+    return f'export CUDA_VISIBLE_DEVICES="${{CUDA_VISIBLE_DEVICES:-{devices}}}"\n'
+
+
+def torchrun_script(plan: Plan, node: int, replica: int = 0) -> str:
     counts = node_ranks(plan)
     first = sum(counts[:node])
+    first_node, _, port = replica_place(plan, replica)
     return (
         "#!/usr/bin/env bash\n"
         + _header(plan)
-        + f"# node {node} of {len(counts)}: global ranks {first}..{first + counts[node] - 1}\n"
-        "# Run on that node; MASTER_ADDR is node 0's address (same value on every node).\n"
+        + f"# replica {replica}, its node {node} of {len(counts)} (cluster node "
+          f"{first_node + node}): ranks {first}..{first + counts[node] - 1} of the replica\n"
+        "# Run on that node; MASTER_ADDR is the address of the replica's node 0 (same value\n"
+        "# on each of its nodes).\n"
         "set -euo pipefail\n"
         'cd "$(dirname "$0")/.."\n'
-        'MASTER_ADDR="${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}"\n'
-        f'MASTER_PORT="${{MASTER_PORT:-{MASTER_PORT}}}"\n'
+        'MASTER_ADDR="${MASTER_ADDR:?set MASTER_ADDR to the address of node 0 of this replica}"\n'
+        f'MASTER_PORT="${{MASTER_PORT:-{port}}}"\n'
         'export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"\n'
-        f"exec {_torchrun(len(counts), str(node), str(counts[node]), 'plan.json')}\n")
+        + _visible(plan, replica)
+        + f"exec {_torchrun(len(counts), str(node), str(counts[node]), 'plan.json')}\n")
 
 
 def slurm_script(plan: Plan) -> str:
@@ -70,44 +117,64 @@ def slurm_script(plan: Plan) -> str:
     nproc = (str(gpn) if counts[-1] == gpn else
              f"$(( SLURM_NODEID == {last} ? {counts[-1]} : {gpn} ))")
     inner = _torchrun(len(counts), "$SLURM_NODEID", nproc, '"$PLAN"')
+    reps = plan.serving.replicas
+    shared = replicas_per_node(plan) > 1       # a replica takes part of a node
+    per_node = plan.world_size if shared else gpn
+    array = f"#SBATCH --array=0-{reps - 1}\n" if reps > 1 else ""
     return (
         "#!/usr/bin/env bash\n"
         f"#SBATCH --job-name={_name(plan)}\n"
-        f"#SBATCH --nodes={len(counts)}\n"
+        + array
+        + f"#SBATCH --nodes={len(counts)}\n"
         "#SBATCH --ntasks-per-node=1\n"
-        f"#SBATCH --gpus-per-node={gpn}\n"
-        f"#SBATCH --cpus-per-task={max(1, 8 * gpn)}\n"
-        "#SBATCH --exclusive\n"
-        f"#SBATCH --output={_name(plan)}-%j.out\n"
+        f"#SBATCH --gpus-per-node={per_node}\n"
+        f"#SBATCH --cpus-per-task={max(1, 8 * per_node)}\n"
+        + ("" if shared else "#SBATCH --exclusive\n")
+        + f"#SBATCH --output={_name(plan)}-%{'A_%a' if reps > 1 else 'j'}.out\n"
         + _header(plan)
+        + ("# One array task per replica (SLURM_ARRAY_TASK_ID); each is its own torchrun "
+           "group.\n" if reps > 1 else "")
         + "# Submit from the plan directory: sbatch launch/slurm.sbatch\n"
         "set -euo pipefail\n"
         'PLAN="${PLAN:-$PWD/plan.json}"\n'
         'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"\n'
-        f'MASTER_PORT="${{MASTER_PORT:-{MASTER_PORT}}}"\n'
-        "export PLAN MASTER_ADDR MASTER_PORT OMP_NUM_THREADS=1\n"
+        + (f'MASTER_PORT="${{MASTER_PORT:-$(( {MASTER_PORT} + ${{SLURM_ARRAY_TASK_ID:-0}} % 100 '
+           '))}"\n' if reps > 1 else f'MASTER_PORT="${{MASTER_PORT:-{MASTER_PORT}}}"\n')
+        + "export PLAN MASTER_ADDR MASTER_PORT OMP_NUM_THREADS=1\n"
         "# one task per node; each starts torchrun for that node's ranks\n"
         f"srun --kill-on-bad-exit=1 bash -c {shlex.quote(inner)}\n")
 
 
 def k8s_manifest(plan: Plan) -> str:
-    """ConfigMap (plan.json) + headless Service + Indexed Job, one pod per node.  Pod i's
-    hostname is <job>-i and the Service (name = the pods' subdomain) gives it the DNS name
-    <job>-i.<service>, so rank 0's node is <job>-0.<service>."""
+    """ConfigMap (plan.json) + per replica a headless Service and an Indexed Job, one pod per
+    node of the replica.  Pod i's hostname is <job>-i and the Service (name = the pods'
+    subdomain) gives it the DNS name <job>-i.<service>, so rank 0's node is
+    <job>-0.<service>."""
     import yaml
 
+    config = {"apiVersion": "v1", "kind": "ConfigMap",
+              "metadata": {"name": f"{_name(plan)}-plan",
+                           "labels": {"app": "fa-pool", "fa-pool/plan": plan.plan_id}},
+              "data": {"plan.json": json.dumps(plan.to_dict(), indent=1)}}
+    docs = [config]
+    for r in range(plan.serving.replicas):
+        docs += _k8s_replica(plan, r)
+    head = "".join(f"{line}\n" for line in _header(plan).splitlines())
+    return head + yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def _k8s_replica(plan: Plan, replica: int) -> list:
+    """[Service, Job] of one replica."""
     counts = node_ranks(plan)
-    gpn = plan.cluster.gpus_per_node
-    name = _name(plan)
+    gpn = min(plan.cluster.gpus_per_node, plan.world_size)
+    name = _name(plan, replica)
     last = len(counts) - 1
     nproc = (str(gpn) if counts[-1] == gpn else
              f"$(( JOB_COMPLETION_INDEX == {last} ? {counts[-1]} : {gpn} ))")
     command = "export OMP_NUM_THREADS=1; exec " + _torchrun(
         len(counts), "$JOB_COMPLETION_INDEX", nproc, "/plan/plan.json")
-    labels = {"app": "fa-pool", "fa-pool/plan": plan.plan_id}
-    config = {"apiVersion": "v1", "kind": "ConfigMap",
-              "metadata": {"name": f"{name}-plan", "labels": labels},
-              "data": {"plan.json": json.dumps(plan.to_dict(), indent=1)}}
+    labels = {"app": "fa-pool", "fa-pool/plan": plan.plan_id,
+              "fa-pool/replica": str(replica)}
     service = {"apiVersion": "v1", "kind": "Service",
                "metadata": {"name": name, "labels": labels},
                "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
@@ -132,17 +199,21 @@ def k8s_manifest(plan: Plan) -> str:
                         "spec": {"subdomain": name, "restartPolicy": "Never",
                                  "containers": [container],
                                  "volumes": [{"name": "plan",
-                                              "configMap": {"name": f"{name}-plan"}},
+                                              "configMap": {"name": f"{_name(plan)}-plan"}},
                                              {"name": "dshm",
                                               "emptyDir": {"medium": "Memory"}}]}}}}
-    head = "".join(f"{line}\n" for line in _header(plan).splitlines())
-    return head + yaml.safe_dump_all([config, service, job], sort_keys=False)
+    return [service, job]
 
 
 def render_launch_configs(plan: Plan) -> dict:
-    """{file name: text}: torchrun_node<i>.sh per node, slurm.sbatch, k8s.yaml."""
-    out = {f"torchrun_node{i}.sh": torchrun_script(plan, i)
-           for i in range(len(node_ranks(plan)))}
+    """{file name: text}: torchrun_node<i>.sh per node (torchrun_replica<r>_node<i>.sh per
+    replica and node with several replicas), slurm.sbatch, k8s.yaml."""
+    nodes = range(len(node_ranks(plan)))
+    if plan.serving.replicas == 1:
+        out = {f"torchrun_node{i}.sh": torchrun_script(plan, i) for i in nodes}
+    else:
+        out = {f"torchrun_replica{r}_node{i}.sh": torchrun_script(plan, i, r)
+               for r in range(plan.serving.replicas) for i in nodes}
     out["slurm.sbatch"] = slurm_script(plan)
     out["k8s.yaml"] = k8s_manifest(plan)
     return out

@@ -186,3 +186,20 @@ def memory_check(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: f
     microbatches = choose_microbatches(model, strategy, wl, capacity, phase)
     breakdowns = role_memory(model, strategy, wl, capacity, microbatches, phase)
     return microbatches, breakdowns, fits(breakdowns, capacity)
+
+
+def fit_batch(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float) -> tuple:
+    """(largest batch <= wl.batch whose memory fits at wl.input_len, reasons at batch 1)."""
+    def reasons(n):
+        return memory_check(model, strategy, Workload(n, wl.input_len, wl.output_len),
+                            capacity)[2]
+    if not reasons(wl.batch):
+        return wl.batch, []
+    first = reasons(1)
+    if first:
+        return 0, first
+    lo, hi = 1, wl.batch            # fits at lo, not at hi (memory grows with the batch)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if not reasons(mid) else (lo, mid)
+    return lo, []

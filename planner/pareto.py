@@ -15,6 +15,11 @@ def dominates(a: dict, b: dict) -> bool:
     return all(x >= y for x, y in zip(ka, kb)) and ka != kb
 
 
+def dominates_min(a: tuple, b: tuple) -> bool:
+    """Point a is no worse than b on every axis (all lower-is-better) and better on one."""
+    return all(x <= y for x, y in zip(a, b)) and tuple(a) != tuple(b)
+
+
 def pareto_front(candidates: list) -> list:
     """The non-dominated candidates (feasible ones only), one per distinct point (the first
     in input order), sorted by GPUs then TPOT.  O(n^2) over the distinct points: a few

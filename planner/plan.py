@@ -9,7 +9,9 @@
       "groups": {"base": [...], "pool": [...], "stages": [[...], ...], "pool_sizes": [...]},
       "profile": {the calibration profile the predictions used},
       "predictions": {the `fapool simulate --json` object} | null,
-      "executor": {"seed": 0, "dtype": "float32" | "bfloat16" | "float16", "timeout_s": 300}
+      "executor": {"seed": 0, "dtype": "float32" | "bfloat16" | "float16", "timeout_s": 300},
+      "serving": {"replicas": R, "max_batch": b, "router": "least-outstanding-tokens",
+                  "pool": "per-replica"}   (planner.serving; ranks and groups are one replica's)
     }
 
 The strategy's micro-batch count is always explicit (resolve_microbatches): the executor
@@ -34,6 +36,7 @@ from calibration.profile import Profile
 from planner.cluster import ClusterSpec
 from planner.layout import Layout, build_layout
 from planner.model import ModelSpec
+from planner.serving import Serving
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy, strategy_from_dict
 from planner.workload import Workload
 
@@ -65,6 +68,7 @@ class Plan:
     predictions: dict | None = None
     executor: ExecutorSettings = field(default_factory=ExecutorSettings)
     created: str = ""
+    serving: Serving = field(default_factory=Serving)
 
     @property
     def layout(self) -> Layout:
@@ -106,6 +110,7 @@ class Plan:
             "profile": self.profile,
             "predictions": self.predictions,
             "executor": self.executor.__dict__,
+            "serving": self.serving.to_dict(),
         }
 
     @property
@@ -138,7 +143,8 @@ def resolve_microbatches(model: ModelSpec, strategy: Strategy, workload: Workloa
 
 def make_plan(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, workload: Workload,
               profile: Profile, predictions: dict | None = None,
-              executor: ExecutorSettings | None = None) -> Plan:
+              executor: ExecutorSettings | None = None,
+              serving: Serving | None = None) -> Plan:
     """A plan of the strategy with its micro-batch count resolved (resolve_microbatches);
     predictions, if given, must be of the resolved strategy."""
     resolved = resolve_microbatches(model, strategy, workload, profile)
@@ -148,8 +154,12 @@ def make_plan(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy, worklo
     strategy = resolved
     build_layout(model, cluster, strategy)  # validates
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    serving = serving or Serving(max_batch=workload.batch)
+    require(serving.replicas * strategy.max_gpus <= cluster.total_gpus, "serving.replicas",
+            f"{serving.replicas} replicas of {strategy.max_gpus} GPUs exceed the "
+            f"{cluster.total_gpus} GPUs of cluster {cluster.name}")
     return Plan(model, cluster, strategy, workload, profile.to_dict(), predictions,
-                executor or ExecutorSettings(), now)
+                executor or ExecutorSettings(), now, serving)
 
 
 def save_plan(plan: Plan, path: str | Path) -> None:
@@ -176,10 +186,15 @@ def plan_from_dict(raw: dict) -> Plan:
         workload = Workload(**wl)
         Profile.from_dict(raw["profile"])
         executor = ExecutorSettings(**(raw.get("executor") or {}))
+        serving = (Serving.from_dict(raw["serving"]) if "serving" in raw
+                   else Serving(max_batch=workload.batch))
     except TypeError as err:
         raise InputError("plan", f"malformed section ({err})") from None
     plan = Plan(model, cluster, strategy, workload, raw["profile"], raw.get("predictions"),
-                executor, str(raw.get("created", "")))
+                executor, str(raw.get("created", "")), serving)
+    require(serving.replicas * strategy.max_gpus <= cluster.total_gpus, "plan.serving.replicas",
+            f"{serving.replicas} replicas of {strategy.max_gpus} GPUs exceed the cluster's "
+            f"{cluster.total_gpus} GPUs")
     expected = plan.body()
     for key in ("ranks", "groups", "threshold", "pool_rule"):
         require(raw.get(key) == expected[key], f"plan.{key}",

@@ -116,21 +116,72 @@ def _cand_cols():
             ("TPOT ms", lambda c: _fmt(c["tpot_ms"])),
             ("TPOT p99 ms", lambda c: _fmt(c["tpot_p99_ms"])),
             ("TTFT ms", lambda c: _fmt(c["ttft_ms"], 1)),
-            ("TPS", lambda c: _fmt(c["tps"], 0)),
-            ("meets SLO", lambda c: c["meets_slo"])]
+            ("TPS", lambda c: _fmt(c["tps"], 0))]
 
 
 def _req_rows(reqs: dict) -> list:
-    rows = []
-    for label, r in reqs.items():
-        s = r.summary()
-        rows.append({"plan": label, **s})
-    return rows
+    return [{"plan": label, **r.summary()} for label, r in reqs.items()]
+
+
+def _plan_cols(slo_given: bool):
+    cols = [("plan", lambda p: f"{p['replicas']} x {p['name']}"),
+            ("running batch <=", lambda p: p["max_batch"]), ("GPUs", lambda p: p["gpus"]),
+            ("capacity req/s", lambda p: _fmt(p["capacity_rps"], 3)),
+            ("TTFT p99 ms", lambda p: _fmt(p["requests"].get("ttft_p99_ms"), 1)),
+            ("TPOT p99 ms", lambda p: _fmt(p["requests"].get("tpot_p99_ms")))]
+    if slo_given:
+        cols.append(("meets SLOs", lambda p: p["meets_slo"]))
+    return cols
+
+
+def slo_text(slo: dict) -> str:
+    return ", ".join(f"{n.upper()} <= {slo[f'{n}_ms']:g} ms" for n in ("ttft", "tpot")
+                     if slo.get(f"{n}_ms") is not None)
+
+
+def _rate_cols():
+    def gpus(pick):
+        return lambda row: pick(row)["gpus"] if pick(row) else "-"
+    return [("rate req/s", lambda row: f"{row['rate']:g}"),
+            ("chosen", lambda row: (f"{row['chosen']['replicas']} x {row['chosen']['name']}"
+                                    if row["chosen"] else row["reason"])),
+            ("GPUs", gpus(lambda row: row["chosen"])),
+            ("best static GPUs", gpus(lambda row: row["best_by_kind"].get("static"))),
+            ("best FA Pool GPUs", gpus(lambda row: row["best_by_kind"].get("fapool")))]
+
+
+def rate_figure(rates: list) -> go.Figure:
+    """GPUs needed and request p99s vs arrival rate, for the chosen plan and the best of
+    each strategy (rows of `fapool plan`'s rate table)."""
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("GPUs needed", "p99 TTFT",
+                                                        "p99 TPOT"))
+    series = {"chosen": lambda row: row["chosen"],
+              "best static": lambda row: row["best_by_kind"].get("static"),
+              "best FA Pool": lambda row: row["best_by_kind"].get("fapool")}
+    for label, pick in series.items():
+        pts = [(row["rate"], pick(row)) for row in rates if pick(row)]
+        xs = [x for x, _ in pts]
+        text = [f"{p['replicas']} x {p['name']}, batch <= {p['max_batch']}" for _, p in pts]
+        for col, y in ((1, lambda p: p["gpus"]),
+                       (2, lambda p: p["requests"].get("ttft_p99_ms")),
+                       (3, lambda p: p["requests"].get("tpot_p99_ms"))):
+            fig.add_trace(go.Scatter(x=xs, y=[y(p) for _, p in pts], mode="lines+markers",
+                                     name=label, legendgroup=label, text=text,
+                                     hoverinfo="text+x+y", showlegend=col == 1),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="arrival rate (requests/s)")
+    fig.update_yaxes(title_text="GPUs", row=1, col=1)
+    fig.update_yaxes(title_text="ms", type="log", row=1, col=2)
+    fig.update_yaxes(title_text="ms", type="log", row=1, col=3)
+    fig.update_layout(height=420, margin=dict(t=40))
+    return fig
 
 
 def render_report(result, title: str, sweeps: dict, plans: dict, capacity_gb: float,
-                  requests: dict, notes: list) -> str:
-    figs = [("Pareto front: GPUs vs TPOT vs TPS", pareto_figure(result)),
+                  requests: dict, notes: list, rates: list | None = None) -> str:
+    figs = [("GPUs and request-level p99 vs arrival rate", rate_figure(rates))] \
+        if rates and len(rates) > 1 else []
+    figs += [("Pareto front: GPUs vs TPOT vs TPS", pareto_figure(result)),
             ("TPOT / TPS / TTFT vs sequence length (fixed-length workloads)",
              sweep_figure(sweeps)),
             ("Memory per GPU on this workload's buckets", memory_figure(plans, capacity_gb))]
@@ -149,12 +200,15 @@ def render_report(result, title: str, sweeps: dict, plans: dict, capacity_gb: fl
               for k in ("tpot_ms_interval", "ttft_ms_interval", "tps_interval") if k in chosen]
         intervals = "<p>5-95% intervals over the profile's fitted uncertainty: " \
             + html.escape("; ".join(iv)) + "</p>" if iv else ""
-    req_cols = [("plan", lambda r: r["plan"]), ("completed", lambda r: r.get("completed")),
+    req_cols = [("plan", lambda r: r["plan"]),
+                ("replicas x batch <=", lambda r: f"{r['replicas']} x {r['max_batch']}"),
+                ("completed", lambda r: r.get("completed")),
                 ("TTFT p50/p90/p99 ms", lambda r: "/".join(
-                    _fmt(r.get("ttft_ms", {}).get(f"p{q}")) for q in (50, 90, 99))),
+                    _fmt(r.get(f"ttft_p{q}_ms")) for q in (50, 90, 99))),
                 ("TPOT p50/p90/p99 ms", lambda r: "/".join(
-                    _fmt(r.get("tpot_ms", {}).get(f"p{q}")) for q in (50, 90, 99))),
-                ("queue p99 ms", lambda r: _fmt(r.get("queue_ms", {}).get("p99"))),
+                    _fmt(r.get(f"tpot_p{q}_ms")) for q in (50, 90, 99))),
+                ("queue p99 ms", lambda r: _fmt(r.get("queue_p99_ms"))),
+                ("throughput req/s", lambda r: _fmt(r.get("throughput_rps"), 3)),
                 ("throughput tok/s", lambda r: _fmt(r.get("throughput_tps"), 0)),
                 ("pool occupancy", lambda r: _fmt(r.get("pool_occupancy_mean"), 3))]
     bucket_cols = [("bucket", lambda b: b["range"]), ("mean seq", lambda b: b["seq_len"]),
@@ -163,13 +217,19 @@ def render_report(result, title: str, sweeps: dict, plans: dict, capacity_gb: fl
                    ("TPOT ms", lambda b: _fmt(b.get("tpot_ms"))),
                    ("TTFT ms", lambda b: _fmt(b.get("ttft_ms"), 1))]
     body = f"""<h1>{html.escape(title)}</h1>
-<p>{html.escape(f"{len(result.candidates)} candidates, {result.simulations} simulations, "
-                f"{result.seconds:.1f} s; objective {result.objective}; SLO {result.slo}")}</p>
-<h2>Chosen plan</h2>{_table([chosen], _cand_cols()) if chosen else
+<p>{html.escape(f"{len(result.candidates)} layouts, {len(result.served)} request-level "
+                f"plans, {result.simulations} simulations, {result.seconds:.1f} s; objective "
+                f"{result.objective}; load {result.load_rps:.3g} requests/s"
+                + (f"; SLOs (request p99) {slo_text(result.slo)}" if result.slo_given else ""))}</p>
+<h2>Chosen plan</h2>{_table([chosen], _plan_cols(result.slo_given)) if chosen else
                      "<p>" + html.escape(result.reason) + "</p>"}{intervals}
+<h3>Full-batch screen of its layout</h3>{_table([chosen], _cand_cols()) if chosen else ""}
 {_table(chosen["buckets"], bucket_cols) if chosen else ""}
 <h2>Request-level simulation</h2>{_table(_req_rows(requests), req_cols)}
-<h2>Pareto front</h2>{_table(result.pareto, _cand_cols())}
+<h2>Request-level Pareto front (GPUs vs p99 TTFT vs p99 TPOT)</h2>
+{_table(result.requests_front, _plan_cols(result.slo_given))}
+{_table(rates, _rate_cols()) if rates and len(rates) > 1 else ""}
+<h2>Full-batch Pareto front</h2>{_table(result.pareto, _cand_cols())}
 {''.join(parts)}
 <h2>Notes</h2><ul>{''.join(f"<li>{html.escape(n)}</li>" for n in notes)}</ul>
 <h2>Workload</h2><pre>{html.escape(json.dumps(result.workload, indent=1))}</pre>"""

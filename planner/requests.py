@@ -1,23 +1,28 @@
-"""Request-level simulation: a workload's requests arrive, queue, are batched and served.
+"""Request-level simulation: a workload's requests arrive, are routed, queue, are batched
+and served.
 
-One server process (simpy) loops over iterations, as an iteration-level scheduler does
-(Orca, OSDI '22; vLLM): it admits waiting requests (first come, first served; a request
-that cannot start now is skipped, so short requests pass a long one waiting for the pool),
-runs the prefill of the newly admitted ones, else one decode step of everything running.
+Replicas (planner.serving): each arriving request goes to one replica by the plan's router
+(least outstanding tokens); each replica runs its own server process (simpy) that loops
+over iterations, as an iteration-level scheduler does (Orca, OSDI '22; vLLM): it admits
+waiting requests (first come, first served; a request that cannot start now is skipped, so
+short requests pass a long one waiting for the pool) up to the running-batch limit
+(serving.max_batch), runs the prefill of the newly admitted ones, else decode steps of
+everything running.  Decode steps between two events (a request finishing, the step
+boundary after an arrival) have the same batch and so the same time; they are taken in
+one jump, so a simulation costs O(requests) events, not O(tokens).
 
-Resource manager (paper 1.3): requests are grouped by length bucket (planner.workloads).
-A bucket at or above the threshold needs a pool of pool_size(longest input) GPUs; the first
-request of the bucket takes them from the pool (a simpy Container of max_pool GPUs), later
-ones of the same bucket join that lease, and the GPUs go back when its last request ends.
-When the pool lacks the GPUs the request waits.  Requests of several buckets (several
-leases) are in flight together.
+Resource manager (paper 1.3), per replica (each owns its pool): requests are grouped by
+length bucket (planner.workloads).  A bucket at or above the threshold needs a pool of
+pool_size(longest input) GPUs; the first request of the bucket takes them from the
+replica's pool (a simpy Container of max_pool GPUs), later ones of the same bucket join
+that lease, and the GPUs go back when its last request ends.  When the pool lacks the GPUs
+the request waits.  Requests of several buckets (several leases) are in flight together.
 
-Costs come from planner.simulate on equal-length batches: an iteration runs each bucket's
-requests as one micro-batch after another (the simulator's model of a batch), so its time
-is the sum over buckets of the simulated prefill (TTFT) or decode step (TPOT) of that many
-sequences of the bucket's mean length.  Batch sizes are simulated on a power-of-two grid
-and interpolated linearly between.  Memory: a bucket admits at most the batch that fits at
-its longest input (search.fit_batch), and at most max_batch requests run in all.
+Costs (StepCosts) come from planner.simulate on equal-length batches: an iteration runs
+each bucket's requests as one micro-batch after another (the simulator's model of a
+batch), so its time is the sum over buckets of the simulated prefill (TTFT) or decode step
+(TPOT) of that many sequences of the bucket's mean length.  Memory: a bucket admits at
+most the batch that fits at its longest input (planner.memory.fit_batch).
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import simpy
 
+from calibration.errors import require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
+from planner.memory import fit_batch
 from planner.model import ModelSpec
-from planner.search import fit_batch
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, Strategy
+from planner.serving import Serving
 from planner.sweep import canonical
-from planner.workload import PAPER_BATCH, Workload
+from planner.workload import Workload
 from planner.workloads import RequestWorkload
 
 PERCENTILES = (50, 90, 99)
@@ -68,37 +75,74 @@ class RequestRecord:
 
 
 class StepCosts:
-    """Simulated time of one prefill / decode iteration of n requests of a bucket."""
+    """Simulated time of one prefill / decode iteration of n requests of a bucket, shared by
+    every request simulation of one workload's buckets (the search's replicas, batch limits
+    and rates reuse it).
 
-    def __init__(self, model, cluster, strategies, buckets, profile, caps):
-        self.model, self.cluster, self.profile = model, cluster, profile
-        self.caps = caps                  # largest batch that fits, per bucket
-        self.strategies = strategies      # what each bucket runs (its pool size fixed)
-        self.buckets = buckets
-        self.cache: dict = {}
+    A step is simulated by planner.simulate on n sequences of the bucket's mean length with
+    the stand-in strategy of planner.sweep.canonical: static TP x PP, or FA Pool's base TP
+    with the pool its longest input leases (each step's micro-batch counts are the
+    simulator's default for that batch).  Keys are the search's simulation keys
+    (kind, a, b, bucket, decode_kv, n); n is simulated on a power-of-two grid and
+    interpolated linearly between."""
+
+    def __init__(self, model, cluster, profile, buckets):
+        self.model, self.cluster, self.profile, self.buckets = model, cluster, profile, buckets
+        self.steps: dict = {}             # key -> (prefill s, decode s); inf: does not fit
+        self.caps: dict = {}              # (kind, a, b, bucket, kv, max_batch) -> batch cap
         self.simulations = 0
 
-    def _at(self, phase: str, i: int, n: int) -> float:
-        key = (phase, i, n)
-        if key not in self.cache:
-            b = self.buckets[i]
-            r = simulate(self.model, self.cluster, self.strategies[i],
-                         Workload(n, b.input_len, b.output_len),
-                         phase=phase, profile=self.profile, record=False, interval_samples=0)
-            self.simulations += 1
-            self.cache[key] = (r.ttft_s if phase == "prefill" else r.tpot_s) if r.feasible \
-                else math.inf
-        return self.cache[key]
+    def stand_in(self, strategy: Strategy, i: int) -> tuple:
+        """(kind, a, b, bucket, decode_kv) of strategy on bucket i."""
+        b = self.buckets[i]
+        if isinstance(strategy, FAPoolStrategy):
+            return ("fapool", strategy.base_tp, strategy.pool_size(b.max_input), i,
+                    strategy.decode_kv)
+        return ("static", strategy.tp, strategy.pp, i, "-")
 
-    def time(self, phase: str, i: int, n: int) -> float:
-        """Linear interpolation between the powers of two around n."""
+    def cap(self, stand: tuple, max_batch: int) -> int:
+        """Largest batch <= max_batch that fits in memory at the bucket's longest input."""
+        key = (*stand, max_batch)
+        if key not in self.caps:
+            kind, a, b, i, kv = stand
+            bucket = self.buckets[i]
+            self.caps[key] = fit_batch(self.model, canonical(kind, a, b, bucket.max_input, kv),
+                                       Workload(max_batch, bucket.max_input,
+                                                bucket.output_len),
+                                       self.profile.device.hbm_bytes)[0]
+        return self.caps[key]
+
+    def grid(self, n: int, cap: int) -> tuple:
+        """The simulated batch sizes around n (lo <= n <= hi) for a bucket capped at cap."""
+        lo = 2 ** int(math.floor(math.log2(n)))
+        return lo, max(n, min(lo * 2, cap))
+
+    def add(self, key: tuple, summary: dict) -> None:
+        """Store a planner.sweep.sim_summary of key (computed elsewhere, e.g. in a pool)."""
+        self.steps[key] = ((summary["ttft_s"], summary["tpot_s"]) if summary["feasible"]
+                           else (math.inf, math.inf))
+
+    def _at(self, key: tuple) -> tuple:
+        if key not in self.steps:
+            kind, a, b, i, kv, n = key
+            bucket = self.buckets[i]
+            r = simulate(self.model, self.cluster, canonical(kind, a, b, bucket.input_len, kv),
+                         Workload(n, bucket.input_len, bucket.output_len),
+                         profile=self.profile, record=False, interval_samples=0)
+            self.simulations += 1
+            self.steps[key] = (r.ttft_s, r.tpot_s) if r.feasible else (math.inf, math.inf)
+        return self.steps[key]
+
+    def time(self, phase: str, stand: tuple, n: int, cap: int) -> float:
+        """Seconds of one prefill (TTFT) or decode step (TPOT) of n requests."""
         if n <= 0:
             return 0.0
-        lo = 2 ** int(math.floor(math.log2(n)))
+        k = 0 if phase == "prefill" else 1
+        lo, hi = self.grid(n, cap)
+        t_lo = self._at((*stand, lo))[k]
         if lo == n:
-            return self._at(phase, i, n)
-        hi = min(lo * 2, max(self.caps[i], n))
-        t_lo, t_hi = self._at(phase, i, lo), self._at(phase, i, hi)
+            return t_lo
+        t_hi = self._at((*stand, hi))[k]
         return t_lo + (t_hi - t_lo) * (n - lo) / (hi - lo)
 
 
@@ -106,8 +150,9 @@ class StepCosts:
 class RequestSimResult:
     strategy: str
     records: list
-    occupancy: list                         # [(t_s, pool GPUs in use)]
-    pool_capacity: int
+    occupancy: list                         # [(t_s, pool GPUs in use, all replicas)]
+    pool_capacity: int                      # pool GPUs of all replicas together
+    serving: Serving = field(default_factory=Serving)
     simulations: int = 0
     notes: list = field(default_factory=list)
 
@@ -115,30 +160,37 @@ class RequestSimResult:
         return [r for r in self.records if r.finish_s is not None]
 
     def summary(self) -> dict:
+        """Request-level figures: p50/p90/p99 and mean of TTFT, TPOT and queue delay (ms),
+        throughput (requests/s, tokens/s over the makespan), pool occupancy."""
         done = self._done()
-        out = {"strategy": self.strategy, "requests": len(self.records),
-               "completed": len(done), "rejected": sum(bool(r.rejected) for r in self.records),
-               "pool_capacity": self.pool_capacity, "simulations": self.simulations}
+        out = {"strategy": self.strategy, **self.serving.to_dict(),
+               "requests": len(self.records), "completed": len(done),
+               "rejected": sum(bool(r.rejected) for r in self.records),
+               "pool_capacity": self.pool_capacity}
         if not done:
             return out
         start = min(r.arrival_s for r in self.records)
         end = max(r.finish_s for r in done)
         span = max(end - start, 1e-12)
-        for name in ("ttft", "tpot"):
-            vals = [getattr(r, f"{name}_s") for r in done if getattr(r, f"{name}_s") is not None]
+        series = {"ttft": [r.ttft_s for r in done],
+                  "tpot": [r.tpot_s for r in done if r.tpot_s is not None],
+                  "queue": [r.start_s - r.arrival_s for r in done]}
+        for name, vals in series.items():
             if vals:
-                out[f"{name}_ms"] = {f"p{q}": round(float(np.percentile(vals, q)) * 1e3, 4)
-                                     for q in PERCENTILES}
-                out[f"{name}_ms"]["mean"] = round(float(np.mean(vals)) * 1e3, 4)
-        queued = [r.start_s - r.arrival_s for r in done]
+                for q in PERCENTILES:
+                    out[f"{name}_p{q}_ms"] = round(float(np.percentile(vals, q)) * 1e3, 4)
+                out[f"{name}_mean_ms"] = round(float(np.mean(vals)) * 1e3, 4)
         out.update(
             makespan_s=round(span, 6),
+            throughput_rps=round(len(done) / span, 6),
             throughput_tps=round(sum(r.input_len + r.output_len for r in done) / span, 3),
             output_tps=round(sum(r.output_len for r in done) / span, 3),
-            queue_ms={f"p{q}": round(float(np.percentile(queued, q)) * 1e3, 4)
-                      for q in PERCENTILES},
             pool_occupancy_mean=round(self.mean_occupancy(end), 4) if self.pool_capacity else 0.0,
-            pool_requests=sum(1 for r in done if r.pool_gpus))
+            pool_requests=sum(1 for r in done if r.pool_gpus),
+            # after the last arrival: how long until all is served, and the longest any
+            # request took once admitted (a plan that keeps up drains in about that long)
+            drain_s=round(end - max(r.arrival_s for r in self.records), 6),
+            service_max_s=round(max(r.finish_s - r.start_s for r in done), 6))
         return out
 
     def mean_occupancy(self, end: float) -> float:
@@ -158,24 +210,38 @@ class _Lease:
         self.members = 0
 
 
+class _Replica:
+    """One copy of the layout: its queue, its running batch, its own pool."""
+
+    def __init__(self, env, index: int, pool_cap: int):
+        self.index = index
+        self.pool = simpy.Container(env, capacity=max(pool_cap, 1), init=max(pool_cap, 1))
+        self.pool_cap = pool_cap
+        self.waiting: deque = deque()
+        self.running: list = []
+        self.leases: dict = {}
+        self.outstanding = 0              # tokens of routed, unfinished requests
+        self.wake = env.event()
+
+
 def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy,
-                      workload: RequestWorkload, max_batch: int = PAPER_BATCH,
-                      profile: Profile | None = None) -> RequestSimResult:
-    """Serve every request of the workload; see the module docstring for the model."""
+                      workload: RequestWorkload, serving: Serving | None = None,
+                      profile: Profile | None = None,
+                      costs: StepCosts | None = None) -> RequestSimResult:
+    """Serve every request of the workload; see the module docstring for the model.
+    costs: a StepCosts of this workload's buckets to share between calls."""
+    serving = serving or Serving()
     profile = profile or cluster.load_profile()
     buckets = workload.buckets()
+    costs = costs or StepCosts(model, cluster, profile, buckets)
+    require(costs.buckets == buckets, "costs", "StepCosts of another workload's buckets")
+    sims_before = costs.simulations
     edges = [(b.lo, b.hi) for b in buckets]
-    capacity = profile.device.hbm_bytes
     fapool = isinstance(strategy, FAPoolStrategy)
     pool_cap = strategy.max_pool_size if fapool else 0
-    pools = [strategy.pool_size(b.max_input) if fapool else 0 for b in buckets]
-    # Each bucket runs with the pool its longest input takes (pool 0: the stand-in's
-    # threshold is above every input of the bucket).
-    stand_ins = [canonical("fapool", strategy.base_tp, p, b.max_input, strategy.decode_kv)
-                 if fapool else strategy for b, p in zip(buckets, pools)]
-    caps = [fit_batch(model, s, Workload(max_batch, b.max_input, b.output_len), capacity)[0]
-            for s, b in zip(stand_ins, buckets)]
-    costs = StepCosts(model, cluster, stand_ins, buckets, profile, caps)
+    stands = [costs.stand_in(strategy, i) for i in range(len(buckets))]
+    pools = [st[2] if fapool else 0 for st in stands]
+    caps = [costs.cap(st, serving.max_batch) for st in stands]
     records = []
     for idx, r in enumerate(workload.requests):
         i = next(k for k, (lo, hi) in enumerate(edges) if lo <= r.input_len < hi)
@@ -185,103 +251,124 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
         records.append(rec)
 
     env = simpy.Environment()
-    pool = simpy.Container(env, capacity=max(pool_cap, 1), init=max(pool_cap, 1))
+    replicas = [_Replica(env, k, pool_cap) for k in range(serving.replicas)]
+    t0 = records[0].arrival_s
+    arrival_times = [rec.arrival_s - t0 for rec in records]
     occupancy = [(0.0, 0)]
-    waiting: deque = deque()
-    running: list = []
-    leases: dict = {}
-    state = {"arrived": 0, "wake": env.event()}
+    state = {"arrived": 0}
+
+    def pool_level():
+        return sum(rep.pool_cap - rep.pool.level for rep in replicas)
+
+    def route(rec) -> _Replica:
+        return min(replicas, key=lambda rep: (rep.outstanding, rep.index))
 
     def arrivals(env):
-        t0 = records[0].arrival_s if records else 0.0
-        for rec in records:
-            yield env.timeout(max(0.0, rec.arrival_s - t0 - env.now))
+        for rec, at in zip(records, arrival_times):
+            yield env.timeout(max(0.0, at - env.now))
             state["arrived"] += 1
-            if not rec.rejected:
-                waiting.append(rec)
-            if not state["wake"].triggered:
-                state["wake"].succeed()
+            if rec.rejected:
+                continue
+            rep = route(rec)
+            rep.waiting.append(rec)
+            rep.outstanding += rec.input_len + rec.output_len
+            if not rep.wake.triggered:
+                rep.wake.succeed()
 
-    def admit():
+    def admit(rep):
         new = []
-        per_bucket = {}
-        for rec in running:
+        per_bucket: dict = {}
+        for rec in rep.running:
             per_bucket[rec.bucket] = per_bucket.get(rec.bucket, 0) + 1
-        for rec in list(waiting):
-            if len(running) + len(new) >= max_batch:
+        for rec in list(rep.waiting):
+            if len(rep.running) + len(new) >= serving.max_batch:
                 break
             i = rec.bucket
             if per_bucket.get(i, 0) >= caps[i]:
                 continue
             if rec.pool_gpus:
-                lease = leases.get(i)
+                lease = rep.leases.get(i)
                 if lease is None:
-                    if pool.level < rec.pool_gpus:
+                    if rep.pool.level < rec.pool_gpus:
                         continue          # the pool is busy: wait for GPUs to come back
-                    pool.get(rec.pool_gpus)
-                    leases[i] = lease = _Lease(rec.pool_gpus)
-                    occupancy.append((env.now, pool_cap - pool.level))
+                    rep.pool.get(rec.pool_gpus)
+                    rep.leases[i] = lease = _Lease(rec.pool_gpus)
+                    occupancy.append((env.now, pool_level()))
                 lease.members += 1
-            waiting.remove(rec)
+            rep.waiting.remove(rec)
             rec.start_s = env.now
             per_bucket[i] = per_bucket.get(i, 0) + 1
             new.append(rec)
         return new
 
-    def release(rec):
-        lease = leases.get(rec.bucket)
+    def finish(rep, rec):
+        rec.finish_s = env.now
+        rep.outstanding -= rec.input_len + rec.output_len
+        lease = rep.leases.get(rec.bucket)
         if rec.pool_gpus and lease is not None:
             lease.members -= 1
             if lease.members == 0:
-                del leases[rec.bucket]
-                pool.put(lease.gpus)
-                occupancy.append((env.now, pool_cap - pool.level))
+                del rep.leases[rec.bucket]
+                rep.pool.put(lease.gpus)
+                occupancy.append((env.now, pool_level()))
 
     def iteration_time(phase, recs):
-        counts = {}
+        counts: dict = {}
         for rec in recs:
             counts[rec.bucket] = counts.get(rec.bucket, 0) + 1
-        return sum(costs.time(phase, i, n) for i, n in sorted(counts.items()))
+        return sum(costs.time(phase, stands[i], n, caps[i]) for i, n in sorted(counts.items()))
 
-    def server(env):
+    def decode_steps(rep, step: float) -> int:
+        """Decode steps until the next event that can change the running batch: a request
+        finishing, or the first step boundary at or after the next arrival (admission
+        happens between steps).  Jumping them at once gives the same times as stepping."""
+        k = min(rec.output_len - rec.generated for rec in rep.running)
+        if state["arrived"] < len(records) and step > 0:
+            gap = arrival_times[state["arrived"]] - env.now
+            k = min(k, max(1, math.ceil(gap / step)))
+        return max(k, 1)
+
+    def server(env, rep):
         while True:
-            new = admit()
+            new = admit(rep)
             if new:
                 yield env.timeout(iteration_time("prefill", new))
                 for rec in new:
-                    rec.first_token_s = env.now + records[0].arrival_s
+                    rec.first_token_s = env.now
                     rec.generated = 1
                     if rec.generated >= rec.output_len:
-                        rec.finish_s = rec.first_token_s
-                        release(rec)
+                        finish(rep, rec)
                     else:
-                        running.append(rec)
-            elif running:
-                yield env.timeout(iteration_time("decode", running))
-                for rec in list(running):
-                    rec.generated += 1
+                        rep.running.append(rec)
+            elif rep.running:
+                step = iteration_time("decode", rep.running)
+                k = decode_steps(rep, step)
+                yield env.timeout(k * step)
+                for rec in list(rep.running):
+                    rec.generated += k
                     if rec.generated >= rec.output_len:
-                        rec.finish_s = env.now + records[0].arrival_s
-                        running.remove(rec)
-                        release(rec)
-            elif state["arrived"] < len(records) or waiting:
-                if waiting and not running:
+                        rep.running.remove(rec)
+                        finish(rep, rec)
+            elif state["arrived"] < len(records) or rep.waiting:
+                if rep.waiting and not rep.running:
                     raise RuntimeError("requests wait but nothing runs")   # pragma: no cover
-                state["wake"] = env.event()
-                yield state["wake"]
+                rep.wake = env.event()
+                yield rep.wake
             else:
                 return
 
     env.process(arrivals(env))
-    env.process(server(env))
+    for rep in replicas:
+        env.process(server(env, rep))
     env.run()
-    t0 = records[0].arrival_s if records else 0.0
     for rec in records:
-        if rec.start_s is not None:
-            rec.start_s += t0
+        for name in ("start_s", "first_token_s", "finish_s"):
+            if getattr(rec, name) is not None:
+                setattr(rec, name, getattr(rec, name) + t0)
     occupancy = [(t + t0, level) for t, level in occupancy]
-    result = RequestSimResult(strategy.describe(), records, occupancy, pool_cap,
-                              costs.simulations)
-    if any(math.isinf(v) for v in costs.cache.values()):
+    result = RequestSimResult(strategy.describe(), records, occupancy,
+                              pool_cap * serving.replicas, serving,
+                              costs.simulations - sims_before)
+    if any(math.isinf(v) for step in costs.steps.values() for v in step):
         result.notes.append("some batch sizes do not fit in memory at the bucket's mean length")
     return result

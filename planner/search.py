@@ -1,7 +1,13 @@
 """Plan search: FA Pool (threshold x pool rule x base TP) and static TP x PP baselines within
 a GPU budget, each evaluated on a request workload; Pareto front and the chosen plan.
 
-Aggregation over the workload (planner.workloads buckets, power-of-two input ranges):
+Two stages.  (1) The full-batch screen below: every layout on full batches of each length
+bucket (memory feasibility, the full-batch figures and Pareto front).  (2) The capacity
+stage (planner.capacity): replicas and a running-batch limit per layout under the
+workload's arrival process, the SLOs judged on the request-level simulation's p99 TTFT and
+p99 TPOT (planner.requests); the chosen plan is that stage's.
+
+Aggregation over the workload (stage 1) (planner.workloads buckets, power-of-two input ranges):
 each bucket b runs at the largest batch B_b <= ``batch`` whose memory fits at the bucket's
 longest input (a server admits no more; planner.memory), and is simulated as one batch of
 B_b sequences of its mean input and output length (planner.simulate: TTFT, TPOT of a step,
@@ -13,7 +19,6 @@ sequence fits.  With w_b the fraction of requests in b:
                         sum_b w_b (in_b + out_b) / sum_b w_b T_b / B_b
   gpus                  GPUs the plan launches (its world size: base + max pool, or TP x PP)
   gpus_mean             GPUs in use, time-weighted (time share of b: w_b T_b / B_b)
-The SLOs apply to the p99 values (every request class but the rarest 1% meets them).
 
 Speed: a candidate's result on a bucket depends only on (base TP, pool size at that
 length) -- the threshold and the pool rule only pick the pool size -- so each distinct
@@ -23,6 +28,7 @@ process pool (planner.sweep).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -32,11 +38,13 @@ import numpy as np
 
 from calibration.errors import InputError, require
 from calibration.profile import Profile
+from planner.capacity import CapacityPlanner, plan_capacity, request_front
 from planner.cluster import ClusterSpec
 from planner.layout import check_tp
-from planner.memory import memory_check
+from planner.memory import fit_batch
 from planner.model import ModelSpec
 from planner.pareto import pareto_front, weighted_percentile
+from planner.requests import StepCosts
 from planner.simulate import simulate
 from planner.sweep import canonical, run_tasks, sim_summary
 from planner.strategy import (DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy, Strategy,
@@ -84,19 +92,33 @@ class SearchResult:
     workload: dict = field(default_factory=dict)
     simulations: int = 0
     seconds: float = 0.0
+    served: list = field(default_factory=list)          # request-level plans simulated
+    requests_front: list = field(default_factory=list)  # their (GPUs, p99s) Pareto front
+    load_rps: float = 0.0
+    budget: int = 0
+    screen_sims: int = 0
+    best_by_kind: dict = field(default_factory=dict)    # "static"/"fapool" -> plan | None
+    costs: object = None                                # the StepCosts the stage used
+
+    @property
+    def slo_given(self) -> bool:
+        return any(self.slo.get(k) is not None for k in ("tpot_ms", "ttft_ms"))
 
     def strategy(self, candidate: dict) -> Strategy:
         return strategy_from_dict(candidate["strategy"])
 
     def to_json(self, all_candidates: bool = False) -> dict:
         return {"objective": self.objective, "slo": self.slo, "batch": self.batch,
-                "workload": self.workload, "simulations": self.simulations,
-                "seconds": round(self.seconds, 3),
+                "workload": self.workload, "load_rps": round(self.load_rps, 6),
+                "simulations": self.simulations, "seconds": round(self.seconds, 3),
                 "candidates": len(self.candidates),
                 "feasible": sum(c["feasible"] for c in self.candidates),
-                "meets_slo": sum(bool(c["meets_slo"]) for c in self.candidates),
+                "request_plans": len(self.served),
+                **({"meets_slo": sum(p["meets_slo"] for p in self.served)}
+                   if self.slo_given else {}),
                 "chosen": self.chosen, "closest": self.closest, "reason": self.reason,
-                "pareto": self.pareto,
+                "pareto": self.pareto, "pareto_requests": self.requests_front,
+                "best_by_kind": self.best_by_kind,
                 **({"all": self.candidates} if all_candidates else {})}
 
 
@@ -157,23 +179,6 @@ def _kv(s: Strategy) -> str:
     return s.decode_kv if isinstance(s, FAPoolStrategy) else "-"
 
 
-def fit_batch(model: ModelSpec, strategy: Strategy, wl: Workload, capacity: float) -> tuple:
-    """(largest batch <= wl.batch whose memory fits at wl.input_len, reasons at batch 1)."""
-    def reasons(n):
-        return memory_check(model, strategy, Workload(n, wl.input_len, wl.output_len),
-                            capacity)[2]
-    if not reasons(wl.batch):
-        return wl.batch, []
-    first = reasons(1)
-    if first:
-        return 0, first
-    lo, hi = 1, wl.batch            # fits at lo, not at hi (memory grows with the batch)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if not reasons(mid) else (lo, mid)
-    return lo, []
-
-
 class _Planner:
     """Per-bucket batch and simulation key of every candidate, with shared caches."""
 
@@ -197,8 +202,8 @@ class _Planner:
 
 
 # ------------------------------------------------------------------ evaluation
-def aggregate(strategy: Strategy, buckets: list, per_bucket: list, slo: dict) -> dict:
-    """One candidate's dict from its per-bucket (batch, reasons, sim result)."""
+def aggregate(strategy: Strategy, buckets: list, per_bucket: list) -> dict:
+    """One candidate's full-batch dict from its per-bucket (batch, reasons, sim result)."""
     rows, reasons = [], []
     for b, (n, why, r) in zip(buckets, per_bucket):
         row = {"range": b.label, "seq_len": b.input_len, "max_seq_len": b.max_input,
@@ -215,8 +220,7 @@ def aggregate(strategy: Strategy, buckets: list, per_bucket: list, slo: dict) ->
     c = {"kind": _kind(strategy)[0], "name": strategy.describe(),
          "strategy": strategy.to_dict(), "gpus": strategy.max_gpus,
          "gpus_used_max": max(row["gpus"] for row in rows),
-         "feasible": not reasons, "reasons": reasons, "buckets": rows, "meets_slo": None,
-         "slo_reasons": []}
+         "feasible": not reasons, "reasons": reasons, "buckets": rows}
     if isinstance(strategy, FAPoolStrategy):
         c["pool_gpus_max"] = max(row["pool_gpus"] for row in rows)
     if reasons:
@@ -233,12 +237,6 @@ def aggregate(strategy: Strategy, buckets: list, per_bucket: list, slo: dict) ->
         ttft_p99_ms=weighted_percentile([r["ttft_ms"] for r in rows], w, SLO_PERCENTILE),
         tps=tokens / sum(times),
         gpus_mean=sum(t * row["gpus"] for t, row in zip(times, rows)) / sum(times))
-    for name in ("tpot", "ttft"):
-        limit = slo.get(f"{name}_ms")
-        if limit is not None and c[f"{name}_p99_ms"] > limit:
-            c["slo_reasons"].append(f"p{SLO_PERCENTILE} {name.upper()} "
-                                    f"{c[f'{name}_p99_ms']:.1f} ms > SLO {limit:g} ms")
-    c["meets_slo"] = not c["slo_reasons"]
     return c
 
 
@@ -268,9 +266,12 @@ def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload,
            slo_tpot_ms: float | None = None, slo_ttft_ms: float | None = None,
            objective: str = "tps", progress=None, batch: int | None = None,
            profile: Profile | None = None, space: SearchSpace | None = None,
-           workers: int | None = None, intervals: bool = True) -> SearchResult:
+           workers: int | None = None, intervals: bool = True,
+           screen_from: "SearchResult | None" = None) -> SearchResult:
     """Search the plan space for `workload` within `gpus` GPUs (see module docstring).
-    workload: RequestWorkload, trace path / mix name, or a Workload (one batch shape)."""
+    workload: RequestWorkload, trace path / mix name, or a Workload (one batch shape).
+    screen_from: an earlier result on the same lengths, batch and budget (another arrival
+    rate): its full-batch screen and step costs are reused, only the capacity stage runs."""
     t0 = time.perf_counter()
     workload, batch = as_request_workload(workload, batch)
     require(objective in OBJECTIVES, "--objective", f"must be one of {OBJECTIVES}")
@@ -280,9 +281,38 @@ def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload,
     require(batch > 0, "--batch", f"must be > 0, got {batch}")
     for name, v in (("--slo-tpot", slo_tpot_ms), ("--slo-ttft", slo_ttft_ms)):
         require(v is None or (v > 0 and math.isfinite(v)), name, f"must be > 0 ms, got {v}")
-    space = space or SearchSpace()
     profile = profile or cluster.load_profile()
     buckets = workload.buckets()
+    workers = workers or os.cpu_count() or 1
+    slo = {"tpot_ms": slo_tpot_ms, "ttft_ms": slo_ttft_ms, "percentile": SLO_PERCENTILE}
+    if (screen_from is not None and screen_from.buckets == buckets
+            and screen_from.batch == batch and screen_from.budget == gpus):
+        cands, screen_sims = copy.deepcopy(screen_from.candidates), screen_from.screen_sims
+        costs = screen_from.costs            # the same buckets: every step cost still holds
+    else:
+        cands, sims = _screen(model, cluster, profile, gpus, buckets, batch,
+                              space or SearchSpace(), workers, progress)
+        screen_sims = len(sims)
+        costs = StepCosts(model, cluster, profile, buckets)
+        for k, v in sims.items():
+            costs.add(k, v)
+    result = SearchResult(cands, pareto_front(cands), None, objective=objective, slo=slo,
+                          batch=batch, buckets=buckets, workload=workload.summary(),
+                          simulations=screen_sims, budget=gpus, screen_sims=screen_sims)
+    cap = plan_capacity(CapacityPlanner(model, cluster, profile, workload, slo, gpus, batch,
+                                        costs), cands, objective, progress)
+    result.served, result.requests_front = cap.served, request_front(cap.served)
+    result.load_rps, result.simulations = cap.load_rps, screen_sims + cap.simulations
+    result.costs, result.best_by_kind = costs, cap.best_by_kind
+    _choose(result, cap)
+    if intervals and result.chosen is not None and profile.has_uncertainty:
+        add_intervals(result.chosen, model, cluster, profile, buckets, workers)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _screen(model, cluster, profile, gpus, buckets, batch, space, workers, progress) -> tuple:
+    """Stage 1: (full-batch candidate dicts, {simulation key: sim_summary})."""
     # FA Pool plans whose pool this workload never activates are static TP=base PP=1 with
     # idle GPUs reserved: dropped (the static candidate stands for them).
     strategies = [s for s in enumerate_strategies(model, gpus, space,
@@ -294,52 +324,40 @@ def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload,
     plans = [[planner.bucket(s, i) for i in range(len(buckets))] for s in strategies]
     keys = sorted({k for p in plans for _, _, k in p if k},
                   key=lambda k: (-buckets[k[3]].input_len, k))      # long (slow) ones first
-    workers = workers or os.cpu_count() or 1
     init = (model, cluster, profile, buckets)
     sims = dict(zip(keys, run_tasks([(k, None) for k in keys], workers, init, progress,
-                                    "search")))
-    slo = {"tpot_ms": slo_tpot_ms, "ttft_ms": slo_ttft_ms, "percentile": SLO_PERCENTILE}
+                                    "screen")))
     cands = []
     for idx, (s, p) in enumerate(zip(strategies, plans)):
-        c = aggregate(s, buckets, [(n, why, sims.get(k)) for n, why, k in p], slo)
+        c = aggregate(s, buckets, [(n, why, sims.get(k)) for n, why, k in p])
         c["id"] = idx
         cands.append(c)
-    result = SearchResult(cands, pareto_front(cands), None, objective=objective, slo=slo,
-                          batch=batch, buckets=buckets, workload=workload.summary(),
-                          simulations=len(keys))
-    _choose(result)
-    if intervals and result.chosen is not None and profile.has_uncertainty:
-        add_intervals(result.chosen, model, cluster, profile, buckets, workers)
-    result.seconds = time.perf_counter() - t0
-    return result
+    return cands, sims
 
 
-def _choose(result: SearchResult) -> None:
+def _choose(result: SearchResult, cap) -> None:
+    """The chosen plan: the capacity stage's, merged onto its layout's full-batch dict
+    (gpus, meets_slo become the plan's: replicas x GPUs per replica, request-level SLOs)."""
     feasible = [c for c in result.candidates if c["feasible"]]
-    ok = [c for c in feasible if c["meets_slo"]]
-    if ok:
-        result.chosen = max(ok, key=_better(result.objective))
-        result.chosen["chosen"] = True
-        return
     if not feasible:
         reasons = sorted({r.split(": ", 1)[-1] for c in result.candidates for r in c["reasons"]},
                          key=len)
         result.reason = ("no plan fits in memory within the GPU budget; e.g. "
                          + (reasons[0] if reasons else "every candidate is infeasible"))
         return
-    slo = result.slo
-
-    def excess(c):
-        ratios = [c[f"{n}_p99_ms"] / slo[f"{n}_ms"] for n in ("tpot", "ttft") if slo[f"{n}_ms"]]
-        return max(ratios)
-    result.closest = min(feasible, key=lambda c: (excess(c), -c["tps"]))
-    result.reason = ("no plan meets the SLO (" + "; ".join(result.closest["slo_reasons"])
-                     + f" for the closest, {result.closest['name']})")
+    result.reason = cap.reason
+    for attr in ("chosen", "closest"):
+        plan = getattr(cap, attr)
+        if plan is not None:
+            setattr(result, attr, {**result.candidates[plan["id"]], **plan,
+                                   "full_batch_gpus": result.candidates[plan["id"]]["gpus"]})
+    if result.chosen is not None:
+        result.chosen["chosen"] = True
 
 
 def evaluate_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy,
                       workload: RequestWorkload, batch: int = PAPER_BATCH,
-                      profile: Profile | None = None, slo: dict | None = None) -> dict:
+                      profile: Profile | None = None) -> dict:
     """One strategy on a workload, aggregated as the search aggregates its candidates,
     simulating the strategy itself (not its canonical stand-in)."""
     profile = profile or cluster.load_profile()
@@ -353,7 +371,7 @@ def evaluate_strategy(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
                                  profile=profile, record=False, interval_samples=0)) \
             if key else None
         per_bucket.append((n, why, r))
-    return aggregate(strategy, buckets, per_bucket, slo or {"tpot_ms": None, "ttft_ms": None})
+    return aggregate(strategy, buckets, per_bucket)
 
 
 def add_intervals(cand: dict, model, cluster, profile: Profile, buckets: list,
@@ -371,7 +389,7 @@ def add_intervals(cand: dict, model, cluster, profile: Profile, buckets: list,
     per_draw = {"tpot_ms": [], "ttft_ms": [], "tps": []}
     for d in range(draws):
         rs = values[d * len(keys):(d + 1) * len(keys)]
-        drawn = aggregate(s, buckets, [(row["batch"], [], r) for row, r in zip(rows, rs)], {})
+        drawn = aggregate(s, buckets, [(row["batch"], [], r) for row, r in zip(rows, rs)])
         if drawn["feasible"]:
             for name, vals in per_draw.items():
                 vals.append(drawn[name])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 from planner.simulate import simulate
@@ -55,9 +57,17 @@ def sim_summary(r) -> dict:
     return out
 
 
+def stage_line(progress, text: str) -> None:
+    """One line on stderr when a stage ends (progress None: a terminal or not), so a log
+    of a run shows every stage; silent for progress False or a callable."""
+    if progress is None:
+        sys.stderr.write(f"fapool: {text}\n")
+        sys.stderr.flush()
+
+
 def progress_bar(progress, total: int, desc: str):
-    """progress: None -> a tqdm bar on stderr; False -> silent; callable(done, total).
-    Returns tick(n); tick(None) closes."""
+    """progress: None -> a tqdm bar on stderr (a terminal only) and a stage line at the
+    end; False -> silent; callable(done, total).  Returns tick(n); tick(None) closes."""
     if progress is False:
         return lambda n: None
     if callable(progress):
@@ -71,9 +81,13 @@ def progress_bar(progress, total: int, desc: str):
     from tqdm import tqdm
     bar = tqdm(total=total, desc=desc, unit="sim", leave=False, disable=None)  # off if no TTY
 
+    start = time.perf_counter()
+
     def tock(n):
         if n is None:
             bar.close()
+            stage_line(progress, f"{desc}: {total} simulations in "
+                                 f"{time.perf_counter() - start:.1f} s")
         else:
             bar.update(n)
     return tock

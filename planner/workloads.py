@@ -71,6 +71,23 @@ class RequestWorkload:
     def duration_s(self) -> float:
         return self.requests[-1].arrival_s - self.requests[0].arrival_s
 
+    @property
+    def rate(self) -> float:
+        """Mean arrival rate, requests/s (0 when all arrive at once)."""
+        span = self.duration_s
+        return (len(self.requests) - 1) / span if span > 0 else 0.0
+
+    def at_rate(self, rate: float) -> "RequestWorkload":
+        """The same requests with arrival times scaled to a mean rate of `rate` per s (a
+        Poisson mix regenerated at another rate with its seed gives the same requests)."""
+        require(rate > 0 and math.isfinite(rate), "--rate", f"must be > 0, got {rate}")
+        require(self.rate > 0, "--rate", f"{self.name}: all requests arrive at once, so "
+                                         "there is no rate to rescale")
+        t0, k = self.requests[0].arrival_s, self.rate / rate
+        return RequestWorkload(f"{self.name} @ {rate:g}/s", tuple(
+            Request(t0 + (r.arrival_s - t0) * k, r.input_len, r.output_len)
+            for r in self.requests))
+
     def buckets(self) -> list:
         groups: dict = {}
         for r in self.requests:
@@ -163,7 +180,14 @@ def save_trace(workload: RequestWorkload, path: str | Path) -> None:
         w = csv.writer(f)
         w.writerow(FIELDS)
         for r in workload.requests:
-            w.writerow((f"{r.arrival_s:.6f}", r.input_len, r.output_len))
+            w.writerow((_exact(r.arrival_s), r.input_len, r.output_len))
+
+
+def _exact(t: float) -> str:
+    """Microseconds when they hold t exactly, else every digit: a saved trace loads back
+    to the same floats (a plan's re-simulation from workload.csv equals the search's)."""
+    short = f"{t:.6f}"
+    return short if float(short) == t else repr(t)
 
 
 # ------------------------------------------------------------------ named mixes
@@ -217,15 +241,20 @@ def synthetic(name: str, requests: int = DEFAULT_REQUESTS, rate: float = DEFAULT
                                      f"{sorted(MIXES)} or fixed:N")
     lens = np.clip(np.ceil(lens), 1, max_len).astype(int)
     arrivals = np.cumsum(rng.exponential(1.0 / rate, requests))
-    arrivals -= arrivals[0]
+    arrivals = np.round(arrivals - arrivals[0], 6)       # microseconds, as a trace records
     reqs = tuple(Request(float(a), int(n), output_len) for a, n in zip(arrivals, lens))
     return RequestWorkload(name, reqs)
+
+
+def is_trace(spec: str) -> bool:
+    """Whether a --workload names a trace file (else a mix)."""
+    path = Path(spec)
+    return path.suffix.lower() in (".csv", ".jsonl", ".ndjson") or path.is_file()
 
 
 def resolve_workload(spec: str, requests: int = DEFAULT_REQUESTS, rate: float = DEFAULT_RATE,
                      output_len: int = DEFAULT_OUTPUT_LEN, seed: int = 0) -> RequestWorkload:
     """A trace path (.csv / .jsonl, or any existing file) or a mix name."""
-    path = Path(spec)
-    if path.suffix.lower() in (".csv", ".jsonl", ".ndjson") or path.is_file():
-        return load_trace(path)
+    if is_trace(spec):
+        return load_trace(Path(spec))
     return synthetic(spec, requests, rate, output_len, seed)

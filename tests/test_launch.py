@@ -12,7 +12,9 @@ from planner.cli import main
 from planner.cluster import resolve_cluster
 from planner.launch import node_ranks, render_launch_configs, write_launch_configs
 from planner.model import PRESETS
-from planner.plan import load_plan, make_plan
+from calibration.errors import InputError
+from planner.plan import load_plan, make_plan, plan_from_dict as load_plan_dict
+from planner.serving import Serving
 from planner.strategy import FAPoolStrategy, StaticStrategy
 from planner.workload import Workload
 
@@ -113,6 +115,51 @@ def test_k8s_indexed_job_with_headless_service(name):
     assert "plan.json" in cm["data"]
 
 
+def test_replicas_get_a_torchrun_group_an_array_task_and_a_job_each(tmp_path):
+    """3 replicas of TP=2 on 8-GPU nodes: two share node 0 (GPUs 0-1, 2-3, own ports), the
+    third ... each its own rendezvous; Slurm array 0-2; one k8s Job + Service per replica."""
+    plan = make_plan(PRESETS["paper-4l"], A100, StaticStrategy(tp=2, pp=1),
+                     Workload(8, 2048, 16), PROFILE, serving=Serving(replicas=3, max_batch=8))
+    files = render_launch_configs(plan)
+    scripts = sorted(f for f in files if f.startswith("torchrun"))
+    assert scripts == [f"torchrun_replica{r}_node0.sh" for r in range(3)]
+    ports, devices = set(), set()
+    for r, name in enumerate(scripts):
+        text = files[name]
+        path = tmp_path / name
+        path.write_text(text)
+        assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+        assert "router: least-outstanding-tokens" in text and "3 replica(s)" in text
+        ports.add(re.search(r'MASTER_PORT="\$\{MASTER_PORT:-(\d+)\}"', text).group(1))
+        devices.add(re.search(r'CUDA_VISIBLE_DEVICES:-([0-9,]+)', text).group(1))
+        f = flags(next(ln for ln in text.splitlines() if ln.startswith("exec torchrun")))
+        assert f["nnodes"] == "1" and f["nproc-per-node"] == "2"
+    assert devices == {"0,1", "2,3", "4,5"} and len(ports) == 3
+    sb = files["slurm.sbatch"]
+    (tmp_path / "s.sbatch").write_text(sb)
+    assert subprocess.run(["bash", "-n", str(tmp_path / "s.sbatch")]).returncode == 0
+    assert "#SBATCH --array=0-2" in sb and "#SBATCH --gpus-per-node=2" in sb
+    assert "--exclusive" not in sb and "router: least-outstanding-tokens" in sb
+    docs = list(yaml.safe_load_all(files["k8s.yaml"]))
+    jobs = [d for d in docs if d["kind"] == "Job"]
+    assert [d["kind"] for d in docs].count("ConfigMap") == 1
+    assert len(jobs) == 3 == len({j["metadata"]["name"] for j in jobs})
+    assert [d["kind"] for d in docs].count("Service") == 3
+    for r, job in enumerate(jobs):
+        assert job["metadata"]["labels"]["fa-pool/replica"] == str(r)
+        (c,) = job["spec"]["template"]["spec"]["containers"]
+        assert c["resources"]["limits"]["nvidia.com/gpu"] == 2
+    assert "router: least-outstanding-tokens" in files["k8s.yaml"]
+    assert load_plan_dict(plan.to_dict()).serving == plan.serving
+
+
+def test_replicas_beyond_the_cluster_are_refused():
+    with pytest.raises(InputError, match="serving.replicas"):
+        make_plan(PRESETS["paper-4l"], A100, StaticStrategy(tp=8, pp=2),
+                  Workload(8, 2048, 16), PROFILE,
+                  serving=Serving(replicas=A100.total_gpus // 16 + 1))
+
+
 def test_write_launch_configs_makes_scripts_executable(tmp_path):
     paths = write_launch_configs(PLANS["static-16"], tmp_path)
     names = {p.name for p in paths}
@@ -126,8 +173,7 @@ def test_plan_cli_writes_everything_and_plan_loads(tmp_path, capsys):
                  "--batch", "32", "--out", str(out)])
     assert code == 0, capsys.readouterr().err
     plan = load_plan(out / "plan.json")
-    for i in range(len(node_ranks(plan))):
-        assert (out / "launch" / f"torchrun_node{i}.sh").is_file()
+    assert set(p.name for p in (out / "launch").iterdir()) == set(render_launch_configs(plan))
     assert (out / "launch" / "slurm.sbatch").is_file()
     assert (out / "launch" / "k8s.yaml").is_file()
     html = (out / "report.html").read_text()

@@ -5,6 +5,7 @@ import pytest
 from planner.cluster import resolve_cluster
 from planner.model import PRESETS
 from planner.requests import simulate_requests
+from planner.serving import Serving
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, StaticStrategy
 from planner.workload import Workload
@@ -29,7 +30,7 @@ def level_at(occupancy, t):
 def test_single_request_matches_the_batch_simulation():
     """One request alone: TTFT = simulated prefill of batch 1, TPOT = decode step time."""
     s = StaticStrategy(tp=8, pp=1)
-    r = simulate_requests(PAPER, A100, s, workload((0.0, 2048, 16)), max_batch=8)
+    r = simulate_requests(PAPER, A100, s, workload((0.0, 2048, 16)), Serving(max_batch=8))
     (rec,) = r.records
     pre = simulate(PAPER, A100, s, Workload(1, 2048, 16), phase="prefill", record=False,
                    interval_samples=0)
@@ -42,7 +43,7 @@ def test_single_request_matches_the_batch_simulation():
 def test_pool_gpus_are_taken_for_long_requests_and_released():
     s = FAPoolStrategy(base_tp=8, threshold=4096, tokens_per_pool_gpu=512, max_pool=16)
     r = simulate_requests(PAPER, A100, s, workload((0.0, 1000, 8), (0.0, 8192, 8),
-                                                   (5.0, 1000, 8)), max_batch=8)
+                                                   (5.0, 1000, 8)), Serving(max_batch=8))
     short, long_, late = r.records
     assert short.pool_gpus == 0 and late.pool_gpus == 0
     assert long_.pool_gpus == 16                      # min(ceil(8192 / 512), 16)
@@ -60,7 +61,7 @@ def test_requests_queue_when_the_pool_is_busy_and_short_ones_pass():
     release them, while a short request arriving later starts at once."""
     s = FAPoolStrategy(base_tp=8, threshold=4096, tokens_per_pool_gpu=512, max_pool=8)
     r = simulate_requests(PAPER, A100, s, workload((0.0, 5000, 32), (0.0, 9000, 32),
-                                                   (0.001, 600, 4)), max_batch=8)
+                                                   (0.001, 600, 4)), Serving(max_batch=8))
     a, b, short = r.records
     assert a.pool_gpus == b.pool_gpus == 8
     first, second = sorted((a, b), key=lambda x: x.start_s)
@@ -68,17 +69,17 @@ def test_requests_queue_when_the_pool_is_busy_and_short_ones_pass():
     assert second.start_s > second.arrival_s
     assert short.start_s < second.start_s                    # not blocked behind it
     assert max(level for _, level in r.occupancy) <= 8
-    assert r.summary()["queue_ms"]["p99"] > 0
+    assert r.summary()["queue_p99_ms"] > 0
 
 
 def test_mixed_lengths_in_flight_and_percentiles():
     s = FAPoolStrategy(base_tp=8, threshold=4096, tokens_per_pool_gpu=1024, max_pool=32)
     wl = synthetic("mixed", 120, rate=50.0, output_len=32, seed=4)
-    r = simulate_requests(PAPER, A100, s, wl, max_batch=64)
+    r = simulate_requests(PAPER, A100, s, wl, Serving(max_batch=64))
     out = r.summary()
     assert out["completed"] == 120 and out["rejected"] == 0
-    for name in ("ttft_ms", "tpot_ms"):
-        assert out[name]["p50"] <= out[name]["p90"] <= out[name]["p99"]
+    for name in ("ttft", "tpot", "queue"):
+        assert out[f"{name}_p50_ms"] <= out[f"{name}_p90_ms"] <= out[f"{name}_p99_ms"]
     # at some moment requests of different buckets ran together
     spans = [(rec.start_s, rec.finish_s, rec.bucket) for rec in r.records]
     overlap = any(b1 != b2 and s1 < f2 and s2 < f1
@@ -91,7 +92,37 @@ def test_mixed_lengths_in_flight_and_percentiles():
 def test_batching_is_bounded_and_static_uses_no_pool():
     s = StaticStrategy(tp=8, pp=2)
     wl = synthetic("fixed:1024", 40, rate=1e6, output_len=8)      # all arrive at once
-    r = simulate_requests(PAPER, A100, s, wl, max_batch=8)
+    r = simulate_requests(PAPER, A100, s, wl, Serving(max_batch=8))
     starts = sorted(rec.start_s for rec in r.records)
     assert starts[8] > starts[0]                   # the ninth waits for a free slot
     assert r.pool_capacity == 0 and r.summary()["pool_occupancy_mean"] == 0.0
+
+
+def test_replicas_share_the_arrivals_by_outstanding_tokens():
+    """Two replicas, four simultaneous requests: the router alternates by outstanding tokens
+    (a long one counts for more), and two replicas serve a burst sooner than one."""
+    s = StaticStrategy(tp=8, pp=1)
+    wl = workload((0.0, 8000, 64), (0.0, 1000, 64), (0.0, 1000, 64), (0.0, 1000, 64))
+    one = simulate_requests(PAPER, A100, s, wl, Serving(replicas=1, max_batch=1))
+    two = simulate_requests(PAPER, A100, s, wl, Serving(replicas=2, max_batch=1))
+    assert two.summary()["makespan_s"] < one.summary()["makespan_s"]
+    long_, a, b, c = two.records
+    # replica 0 takes the long request (9,064 tokens); replica 1 then takes a, b and c
+    # (3 x 1,064 < 9,064), each starting when the previous one ends
+    assert a.start_s == pytest.approx(0.0) and long_.start_s == pytest.approx(0.0)
+    assert b.start_s == pytest.approx(a.finish_s) and c.start_s == pytest.approx(b.finish_s)
+    assert two.summary()["replicas"] == 2 and two.summary()["router"] == \
+        "least-outstanding-tokens"
+
+
+def test_each_fapool_replica_owns_its_pool():
+    """Two long requests that each need the whole pool: one replica runs them one after the
+    other, two replicas (a pool each) at once."""
+    s = FAPoolStrategy(base_tp=8, threshold=4096, tokens_per_pool_gpu=512, max_pool=8)
+    wl = workload((0.0, 5000, 16), (0.0, 9000, 16))
+    one = simulate_requests(PAPER, A100, s, wl, Serving(replicas=1, max_batch=8))
+    two = simulate_requests(PAPER, A100, s, wl, Serving(replicas=2, max_batch=8))
+    x, y = sorted(one.records, key=lambda r: r.start_s)
+    assert y.start_s >= x.finish_s - 1e-12
+    assert all(r.start_s == pytest.approx(0.0) for r in two.records)
+    assert two.pool_capacity == 16 and max(level for _, level in two.occupancy) == 16

@@ -82,22 +82,26 @@ def test_pareto_front_is_exactly_the_non_dominated_set(result):
                    pytest.approx((c["gpus"], c["tpot_ms"], c["tps"])) for f in front)
 
 
-def test_chosen_maximises_tps_and_gpus_objective_minimises_gpus(result):
-    best = max(c["tps"] for c in result.candidates if c["feasible"])
-    assert result.chosen["tps"] == best
+def test_chosen_maximises_sustainable_tps_and_gpus_objective_minimises_gpus(result):
+    """tps: the chosen plan has the highest capacity (tokens/s) of the plans simulated;
+    gpus: the fewest GPUs of the plans that meet the request-level SLO."""
+    assert result.chosen["capacity_tps"] == max(p["capacity_tps"] for p in result.served)
+    assert result.chosen["gpus"] <= 24
+    slo = result.chosen["requests"]["tpot_p99_ms"] * 2
     r = search(PAPER, A100, 24, WL, batch=64, space=SMALL, objective="gpus", workers=1,
-               progress=False, slo_tpot_ms=result.chosen["tpot_p99_ms"] * 2)
-    ok = [c for c in r.candidates if c["meets_slo"]]
-    assert r.chosen["gpus"] == min(c["gpus"] for c in ok)
+               progress=False, slo_tpot_ms=slo)
+    ok = [p for p in r.served if p["meets_slo"]]
+    assert r.chosen["gpus"] == min(p["gpus"] for p in ok)
+    assert r.chosen["requests"]["tpot_p99_ms"] <= slo
 
 
 def test_unmeetable_slo_gives_no_plan_and_the_closest(result):
     r = search(PAPER, A100, 24, WL, batch=64, space=SMALL, workers=1, progress=False,
                slo_tpot_ms=1e-6)
     assert r.chosen is None and r.closest is not None
-    assert "no plan meets the SLO" in r.reason
-    assert r.closest["tpot_p99_ms"] == min(c["tpot_p99_ms"] for c in r.candidates
-                                           if c["feasible"])
+    assert "no plan meets the SLOs" in r.reason and "p99 TPOT" in r.reason
+    assert r.closest["requests"]["tpot_p99_ms"] == min(p["requests"]["tpot_p99_ms"]
+                                                       for p in r.served)
 
 
 def test_budget_below_memory_needs():
@@ -116,7 +120,8 @@ def test_parallel_search_equals_serial_and_reports_progress():
     strip = lambda r: [{k: v for k, v in c.items() if not k.endswith("interval")}  # noqa
                        for c in r.candidates]
     assert strip(a) == strip(b)
-    assert calls and calls[-1][0] == calls[-1][1] == b.simulations
+    assert calls and calls[-1][0] == calls[-1][1] == b.screen_sims
+    assert a.chosen == b.chosen
 
 
 def test_weighted_percentile_and_pareto_helpers():
@@ -130,13 +135,16 @@ def test_weighted_percentile_and_pareto_helpers():
     assert pareto_front([a, b, c]) == [a, c]
 
 
-def test_plan_cli_slo_unmeetable_exit_2_and_nothing_written(tmp_path, capsys):
+def test_plan_cli_slo_unmeetable_exit_3_and_nothing_written(tmp_path, capsys):
     out = tmp_path / "o"
     code = main(["plan", "--gpus", "16", "--workload", "fixed:2048", "--requests", "8",
                  "--batch", "16", "--slo-tpot", "0.000001", "--out", str(out)])
     cap = capsys.readouterr()
-    assert code == 2 and not out.exists()
-    assert "no plan meets the SLO" in cap.err and "closest" in cap.out
+    assert code == 3 and not out.exists()
+    err = [ln for ln in cap.err.splitlines() if not ln.startswith("fapool: ")]
+    assert len(err) == 1 and "no plan meets the SLOs" in err[0]
+    assert "closest" in err[0] and "p99 TPOT" in err[0] and "SLO 1e-06 ms" in err[0]
+    assert "closest" in cap.out
 
 
 def test_plan_cli_budget_too_small(tmp_path, capsys):
@@ -144,9 +152,9 @@ def test_plan_cli_budget_too_small(tmp_path, capsys):
     code = main(["plan", "--model", "llama-2-70b", "--gpus", "1", "--workload", "fixed:4096",
                  "--requests", "4", "--batch", "8", "--out", str(out), "--json"])
     cap = capsys.readouterr()
-    assert code == 2 and not out.exists()
+    assert code == 3 and not out.exists()
     assert "no plan fits in memory" in json.loads(cap.out)["reason"]
-    assert len(cap.err.strip().splitlines()) == 1
+    assert len([ln for ln in cap.err.splitlines() if not ln.startswith("fapool: ")]) == 1
 
 
 def test_search_accepts_a_single_batch_shape_and_a_mix_name():

@@ -20,6 +20,7 @@ SUBCOMMAND_MODULES = (
     "calibration.cli",
     "executor.cli",
     "planner.cli.plan",
+    "planner.cli.requests",
     "planner.cli.validate",
     "planner.cli.dashboard",
 )

@@ -18,10 +18,21 @@ EPILOG = f"""examples:
   fapool plan --model paper-4l --cluster dgx-a100 --gpus 40 --workload paper --out out/plan
   fapool plan --workload trace.csv --slo-tpot 30 --objective gpus --out out/slo
   fapool plan --model tiny --cluster local --gpus 4 --workload fixed:256 --batch 4 --out out/t
+  fapool plan --model llama-2-7b --workload long --rate 0.5 --slo-ttft 10000 \
+      --objective gpus --out out/cap
+  fapool plan --workload mixed --rate 1,2,4,8 --slo-ttft 2000 --objective gpus --out out/rates
 workloads: a trace (.csv with header arrival_s,input_len,output_len, or .jsonl), a named
 mix ({', '.join(sorted(MIXES))}) or fixed:N.
---out gets plan.json, launch/ (torchrun_node<i>.sh, slurm.sbatch, k8s.yaml), report.html
-and search.json; it is written whole or not at all."""
+SLOs are judged on the request-level simulation of the workload's arrivals (p99 TTFT and
+p99 TPOT over its requests, queueing included); every plan must keep up with the arrival
+rate.  A plan is a layout, its replicas and its running-batch limit (planner.serving).
+--rate with several values (comma-separated) plans each rate and writes the plan of the
+largest rate that has one; report.html shows GPUs and p99 vs rate.
+--out gets plan.json, launch/ (torchrun scripts, slurm.sbatch, k8s.yaml), report.html,
+search.json and workload.csv; it is written whole or not at all.
+exit status: 0 a plan was written; 2 bad input (one line on stderr naming it);
+3 no plan fits or meets the SLOs within the budget (nothing written; the reason on stderr
+names the closest plan and the SLO it misses)."""
 
 
 def _float(text: str) -> float:
@@ -29,6 +40,22 @@ def _float(text: str) -> float:
         return float(text)
     except ValueError:
         raise options.argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+
+
+def _rates(text: str) -> list:
+    """--rate: one rate or a comma-separated list, each > 0 requests/s."""
+    out = []
+    for part in text.split(","):
+        value = _float(part.strip())
+        if not (value > 0 and value < float("inf")):
+            raise options.argparse.ArgumentTypeError(f"must be > 0, got {part.strip()!r}")
+        out.append(value)
+    if len(out) > MAX_RATES:
+        raise options.argparse.ArgumentTypeError(f"at most {MAX_RATES} rates, got {len(out)}")
+    return sorted(set(out))
+
+
+MAX_RATES = 16
 
 
 def register(subparsers) -> None:
@@ -43,19 +70,24 @@ def register(subparsers) -> None:
                    help="trace file (.csv/.jsonl) or mix name (default paper)")
     g.add_argument("--requests", type=options._int, default=DEFAULT_REQUESTS,
                    help=f"requests drawn from a mix (default {DEFAULT_REQUESTS})")
-    g.add_argument("--rate", type=_float, default=DEFAULT_RATE,
-                   help=f"Poisson arrival rate of a mix, requests/s (default {DEFAULT_RATE})")
+    g.add_argument("--rate", type=_rates, default=None,
+                   help=f"arrival rate(s), requests/s, comma-separated for a sweep: a mix's "
+                        f"Poisson rate (default {DEFAULT_RATE}); a trace's arrivals rescaled "
+                        f"to it (default: as recorded)")
     g.add_argument("--seed", type=options._int, default=0, help="seed of a mix (default 0)")
     g.add_argument("--output-len", type=options._int, default=DEFAULT_OUTPUT_LEN,
                    help=f"generated tokens per request of a mix (default {DEFAULT_OUTPUT_LEN})")
     g.add_argument("--batch", type=options._int, default=PAPER_BATCH,
-                   help=f"largest batch a plan serves at once (default {PAPER_BATCH})")
+                   help=f"largest running batch a replica may hold; the search tries it and "
+                        f"powers of 4 below (default {PAPER_BATCH})")
     g.add_argument("--slo-tpot", type=_float, default=None, metavar="MS",
-                   help="p99 TPOT limit in ms")
+                   help="request-level p99 TPOT limit in ms")
     g.add_argument("--slo-ttft", type=_float, default=None, metavar="MS",
-                   help="p99 TTFT limit in ms")
+                   help="request-level p99 TTFT limit in ms (queueing included)")
     g.add_argument("--objective", choices=("tps", "gpus"), default="tps",
-                   help="maximise TPS, or minimise GPUs, among plans meeting the SLOs")
+                   help="tps: the highest sustainable throughput within --gpus; gpus: the "
+                        "fewest GPUs (replicas x GPUs per replica); both among plans meeting "
+                        "the SLOs under the workload's arrivals")
     g.add_argument("--workers", type=options._int, default=None,
                    help="processes for the search (default: every core)")
     p.add_argument("--out", required=True, help="output directory (must be new or empty)")
@@ -90,22 +122,6 @@ def _publish(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _baselines(result) -> dict:
-    """Best static plan (by the objective, meeting the SLO when one does) and the paper's
-    TP=8 x PP=2 when it is in the budget."""
-    from planner.search import _better
-    statics = [c for c in result.candidates if c["kind"] == "static" and c["feasible"]]
-    out = {}
-    if statics:
-        ok = [c for c in statics if c["meets_slo"]] or statics
-        best = max(ok, key=_better(result.objective))
-        out[f"best static ({best['name']})"] = best
-    paper = [c for c in statics if c["strategy"]["tp"] == 8 and c["strategy"]["pp"] == 2]
-    if paper and paper[0] not in out.values():
-        out["paper baseline (static TP=8 PP=2)"] = paper[0]
-    return out
-
-
 def _plan_workload(chosen: dict) -> Workload:
     """The shape plan.json (and `fapool run`) uses: the bucket holding the median request."""
     acc = 0.0
@@ -116,6 +132,51 @@ def _plan_workload(chosen: dict) -> Workload:
     return Workload(row["batch"], row["seq_len"], row["output_len"])
 
 
+def _workloads(args) -> list:
+    """[(rate asked or None, RequestWorkload)], one per --rate (ascending); a mix is drawn
+    at each rate with its seed (the same requests), a trace rescaled to it."""
+    from planner.workloads import is_trace, load_trace, synthetic
+    if is_trace(args.workload):
+        trace = load_trace(args.workload)
+        return [(r, trace.at_rate(r)) for r in args.rate] if args.rate else [(None, trace)]
+    return [(r, synthetic(args.workload, args.requests, r or DEFAULT_RATE, args.output_len,
+                          args.seed)) for r in (args.rate or [None])]
+
+
+def _brief(p: dict | None) -> dict | None:
+    """A request-level plan in a line of the rate table."""
+    if p is None:
+        return None
+    return {"name": p["name"], "kind": p["kind"], "replicas": p["replicas"],
+            "max_batch": p["max_batch"], "gpus": p["gpus"], "requests": p["requests"]}
+
+
+def _rate_row(rate, workload, result) -> dict:
+    """One line of the GPUs-vs-rate table (rate: the one asked, else the workload's)."""
+    return {"rate": rate if rate is not None else round(workload.rate, 6),
+            "load_rps": round(result.load_rps, 6),
+            "chosen": _brief(result.chosen),
+            "best_by_kind": {k: _brief(p) for k, p in result.best_by_kind.items()},
+            "reason": result.reason}
+
+
+def _serving(p: dict):
+    from planner.serving import Serving
+    return Serving(replicas=p["replicas"], max_batch=p["max_batch"])
+
+
+def _comparisons(result) -> dict:
+    """{label: request-level plan} the report compares with the chosen one: the best plan
+    of each strategy family under the same SLOs and load."""
+    names = {"static": "best static", "fapool": "best FA Pool"}
+    out = {}
+    for kind, p in result.best_by_kind.items():
+        if p is not None and p["id"] != result.chosen["id"]:
+            out[f"{names[kind]} ({p['replicas']} x {p['name']})"] = {
+                **result.candidates[p["id"]], **p}
+    return out
+
+
 def run(args) -> int:
     from planner.launch import write_launch_configs
     from planner.plan import ExecutorSettings, make_plan, resolve_microbatches, save_plan
@@ -123,7 +184,8 @@ def run(args) -> int:
     from planner.requests import simulate_requests
     from planner.search import evaluate_strategy, search
     from planner.simulate import simulate
-    from planner.workloads import resolve_workload, save_trace, synthetic
+    from planner.sweep import stage_line
+    from planner.workloads import save_trace, synthetic
 
     out = Path(args.out)
     _check_out(out, args.force)
@@ -132,49 +194,63 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise InputError("--workers", f"must be >= 1, got {args.workers}")
     model, cluster = options.model_from_args(args), options.cluster_from_args(args)
-    workload = resolve_workload(args.workload, args.requests, args.rate, args.output_len,
-                                args.seed)
     profile = cluster.load_profile()
     gpus = args.gpus if args.gpus is not None else cluster.total_gpus
-    result = search(model, cluster, gpus, workload, args.slo_tpot, args.slo_ttft,
-                    args.objective, batch=args.batch, profile=profile, workers=args.workers)
-    if result.chosen is None:
-        if args.json:
-            print(json.dumps(result.to_json()))
-        else:
-            print(format_summary(result, {}))
-        sys.stderr.write(f"fapool plan: no feasible plan: {result.reason}\n")
-        return 2
-    wl = _plan_workload(result.chosen)
-    strategy = resolve_microbatches(model, result.strategy(result.chosen), wl, profile)
+    runs, prev = [], None
+    for rate, workload in _workloads(args):
+        if rate is not None and len(args.rate) > 1:
+            stage_line(None, f"rate {rate:g} requests/s")
+        prev = search(model, cluster, gpus, workload, args.slo_tpot, args.slo_ttft,
+                      args.objective, batch=args.batch, profile=profile, workers=args.workers,
+                      screen_from=prev)
+        runs.append((rate, workload, prev))
+    rates = [_rate_row(rate, w, r) for rate, w, r in runs]
+    served = [run for run in runs if run[2].chosen is not None]
+    if not served:
+        result = runs[-1][2]
+        summary = {**result.to_json(), "rates": rates}
+        print(json.dumps(summary) if args.json else format_summary(result, rates))
+        sys.stderr.write(f"fapool plan: no plan: {result.reason}\n")
+        return 3
+    rate, workload, result = served[-1]
+    chosen = result.chosen
+    wl = _plan_workload(chosen)
+    wl = Workload(min(wl.batch, chosen["max_batch"]), wl.input_len, wl.output_len)
+    strategy = resolve_microbatches(model, result.strategy(chosen), wl, profile)
     sim = simulate(model, cluster, strategy, wl, profile=profile, record=False)
     predictions = sim.to_json()
-    predictions["search"] = {k: v for k, v in result.chosen.items() if k != "buckets"}
-    baselines = _baselines(result)
-    reqs = {"chosen": simulate_requests(model, cluster, strategy, workload, args.batch,
-                                        profile)}
-    for label, cand in baselines.items():
-        reqs[label] = simulate_requests(model, cluster, result.strategy(cand), workload,
-                                        args.batch, profile)
+    predictions["search"] = {k: v for k, v in chosen.items() if k != "buckets"}
+    comparisons = _comparisons(result)
+    reqs = {"chosen": simulate_requests(model, cluster, strategy, workload, _serving(chosen),
+                                        profile, result.costs)}
+    for label, p in comparisons.items():
+        reqs[label] = simulate_requests(model, cluster, result.strategy(p), workload,
+                                        _serving(p), profile, result.costs)
     predictions["requests"] = reqs["chosen"].summary()
     dtype = {4: "float32", 2: "bfloat16"}.get(model.dtype_bytes, "bfloat16")
     plan = make_plan(model, cluster, strategy, wl, profile, predictions,
-                     ExecutorSettings(dtype=dtype))
+                     ExecutorSettings(dtype=dtype), _serving(chosen))
     sweeps = {}
-    for label, cand in {"chosen": result.chosen, **baselines}.items():
+    for label, cand in {"chosen": chosen, **comparisons}.items():
         s = result.strategy(cand)
         sweeps[f"{label}: {s.describe()}" if label == "chosen" else label] = [
             evaluate_strategy(model, cluster, s, synthetic(f"fixed:{n}", 1, output_len=
                                                            args.output_len),
                               args.batch, profile) for n in SWEEP_LENS]
-    notes = [f"plan.json runs the bucket of the median request: batch {wl.batch} x seq "
-             f"{wl.input_len} -> {wl.output_len} tokens",
-             "metrics over the workload: see planner/search.py (request-weighted buckets, "
-             "p99 for the SLOs)", *sim.notes()]
-    report = render_report(result, f"FA Pool plan {plan.plan_id}: {model.name} on "
-                           f"{cluster.name}, {gpus} GPUs, workload {workload.name}",
-                           sweeps, {"chosen": result.chosen, **baselines},
-                           profile.device.hbm_bytes / 1e9, reqs, notes)
+    notes = [f"plan.json's shape for `fapool run`: the bucket of the median request, batch "
+             f"{wl.batch} x seq {wl.input_len} -> {wl.output_len} tokens",
+             f"serving: {chosen['replicas']} replica(s), each with at most "
+             f"{chosen['max_batch']} requests in flight, routed by least outstanding tokens; "
+             f"FA Pool replicas each own their pool (planner.serving)",
+             "SLOs judged on the request-level simulation (planner.capacity); full-batch "
+             "figures per bucket: planner.search", *sim.notes()]
+    if len(served) < len(runs):
+        notes.append("no plan at rate(s) " + ", ".join(f"{r:g}" for r, _, res in runs
+                                                       if res.chosen is None))
+    title = (f"FA Pool plan {plan.plan_id}: {model.name} on {cluster.name}, {gpus} GPUs, "
+             f"workload {workload.name}")
+    report = render_report(result, title, sweeps, {"chosen": chosen, **comparisons},
+                           profile.device.hbm_bytes / 1e9, reqs, notes, rates)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -185,7 +261,7 @@ def run(args) -> int:
         save_plan(plan, tmp / "plan.json")
         write_launch_configs(plan, tmp / "launch")
         (tmp / "report.html").write_text(report)
-        summary = {**result.to_json(), "plan_id": plan.plan_id,
+        summary = {**result.to_json(), "plan_id": plan.plan_id, "rate": rate, "rates": rates,
                    "requests": {k: r.summary() for k, r in reqs.items()}}
         (tmp / "search.json").write_text(json.dumps({**summary, "all": result.candidates}))
         save_trace(workload, tmp / "workload.csv")
@@ -196,8 +272,9 @@ def run(args) -> int:
     if args.json:
         print(json.dumps({**summary, "out": str(out)}))
     else:
-        print(format_summary(result, reqs))
-        print(f"wrote {out}/plan.json, {out}/launch/, {out}/report.html, {out}/search.json")
+        print(format_summary(result, rates))
+        print(f"wrote {out}/plan.json, {out}/launch/, {out}/report.html, {out}/search.json, "
+              f"{out}/workload.csv")
     return 0
 
 
@@ -205,34 +282,63 @@ def _f(x, d=2):
     return "-" if x is None else f"{x:,.{d}f}"
 
 
-def format_summary(result, reqs: dict) -> str:
-    lines = [f"searched {len(result.candidates)} candidates ({result.simulations} simulations, "
-             f"{result.seconds:.1f} s): {sum(c['feasible'] for c in result.candidates)} fit, "
-             f"{sum(bool(c['meets_slo']) for c in result.candidates)} meet the SLO"]
-    c = result.chosen or result.closest
+def _slo_lines(result, plan: dict) -> list:
+    """Which SLOs were asked and whether the plan meets them; nothing when none were."""
+    if not result.slo_given:
+        return []
+    parts = []
+    for name, key in (("TTFT", "ttft_p99_ms"), ("TPOT", "tpot_p99_ms")):
+        limit = result.slo.get(f"{name.lower()}_ms")
+        if limit is None:
+            continue
+        value = plan["requests"].get(key)
+        ok = value is not None and value <= limit
+        parts.append(f"p99 {name} <= {limit:g} ms: {_f(value, 1)} ms, "
+                     f"{'met' if ok else 'MISSED'}")
+    return ["  SLOs (request level): " + "; ".join(parts)]
+
+
+def format_summary(result, rates: list) -> str:
+    fit = sum(c["feasible"] for c in result.candidates)
+    head = (f"searched {len(result.candidates)} layouts ({fit} fit in memory), then "
+            f"{len(result.served)} plans (replicas x running-batch limit) under "
+            f"{result.load_rps:.3g} requests/s; {result.simulations} simulations, "
+            f"{result.seconds:.1f} s")
+    if result.slo_given:
+        head += f"; {sum(p['meets_slo'] for p in result.served)} meet the SLOs"
+    lines = [head]
+    p = result.chosen or result.closest
     if result.chosen is None:
         lines.append(f"NO PLAN: {result.reason}")
-    if c:
-        lines.append(f"{'chosen' if result.chosen else 'closest'}: {c['name']}")
-        lines.append(f"  GPUs {c['gpus']} (mean in use {_f(c['gpus_mean'], 1)})  "
-                     f"TPOT {_f(c['tpot_ms'])} ms (p99 {_f(c['tpot_p99_ms'])})  "
-                     f"TTFT {_f(c['ttft_ms'], 1)} ms (p99 {_f(c['ttft_p99_ms'], 1)})  "
-                     f"TPS {_f(c['tps'], 0)}")
-        if "tpot_ms_interval" in c:
-            lo, hi = c["tpot_ms_interval"]
-            lines.append(f"  TPOT 5-95% interval [{_f(lo)} .. {_f(hi)}] ms")
-    lines.append("Pareto front (GPUs, TPOT ms, TPS):")
-    for p in result.pareto[:12]:
-        lines.append(f"  {p['gpus']:>4} {_f(p['tpot_ms']):>10} {_f(p['tps'], 0):>14}  {p['name']}")
-    if reqs:
-        lines.append("search metrics (and the SLOs) assume full batches of each length bucket; "
-                     "the request-level simulation below serves the trace as it arrives, in "
-                     "smaller batches, so its percentiles differ:")
-    for label, r in reqs.items():
-        s = r.summary()
-        if "tpot_ms" in s:
-            lines.append(f"requests ({label}): TTFT p50/p99 {_f(s['ttft_ms']['p50'])}/"
-                         f"{_f(s['ttft_ms']['p99'])} ms, TPOT p50/p99 {_f(s['tpot_ms']['p50'])}/"
-                         f"{_f(s['tpot_ms']['p99'])} ms, pool occupancy "
-                         f"{_f(s['pool_occupancy_mean'], 3)}")
+    if p:
+        r = p["requests"]
+        lines.append(f"{'chosen' if result.chosen else 'closest'}: {p['replicas']} x {p['name']}"
+                     f", running batch <= {p['max_batch']}, {p['gpus']} GPUs "
+                     f"({p['gpus_per_replica']} per replica)")
+        lines.append(f"  requests: TTFT p50/p99 {_f(r.get('ttft_p50_ms'), 1)}/"
+                     f"{_f(r.get('ttft_p99_ms'), 1)} ms, TPOT p50/p99 "
+                     f"{_f(r.get('tpot_p50_ms'))}/{_f(r.get('tpot_p99_ms'))} ms, queue p99 "
+                     f"{_f(r.get('queue_p99_ms'), 1)} ms, {_f(r.get('throughput_rps'), 3)} "
+                     f"requests/s, {_f(r.get('throughput_tps'), 0)} tokens/s")
+        lines += _slo_lines(result, p)
+        if "tpot_ms_interval" in p:
+            lo, hi = p["tpot_ms_interval"]
+            lines.append(f"  full-batch TPOT {_f(p['tpot_ms'])} ms, 5-95% interval "
+                         f"[{_f(lo)} .. {_f(hi)}] ms")
+    for kind, label in (("static", "best static"), ("fapool", "best FA Pool")):
+        b = result.best_by_kind.get(kind)
+        if b is not None and (result.chosen is None or b["id"] != result.chosen["id"]):
+            lines.append(f"{label}: {b['replicas']} x {b['name']}, running batch <= "
+                         f"{b['max_batch']}, {b['gpus']} GPUs, request p99 TTFT "
+                         f"{_f(b['requests'].get('ttft_p99_ms'), 1)} ms, TPOT "
+                         f"{_f(b['requests'].get('tpot_p99_ms'))} ms")
+    if len(rates) > 1:
+        lines.append("GPUs needed vs arrival rate (chosen / best static / best FA Pool):")
+        for row in rates:
+            cells = [str(x["gpus"]) if x else "-" for x in
+                     (row["chosen"], row["best_by_kind"].get("static"),
+                      row["best_by_kind"].get("fapool"))]
+            plan = row["chosen"]
+            lines.append(f"  {row['rate']:>8g}/s  {' / '.join(cells):>14}  "
+                         + (f"{plan['replicas']} x {plan['name']}" if plan else row["reason"]))
     return "\n".join(lines)
