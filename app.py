@@ -21,7 +21,9 @@ from planner.dashboard.scenario import KINDS, LABELS, SEQ_LENS, Scenario
 from planner.model import KV_PRECISIONS, PRECISIONS
 from planner.model import PRESETS as MODELS
 from planner.paper import CLAIMS
+from planner.report import rate_figure
 from planner.strategy import DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy
+from planner.workloads import DEFAULT_RATE, parse_rates
 
 UPLOAD = "upload / paste ..."
 THRESHOLDS = tuple(2 ** k for k in range(8, 17))          # 256 .. 65536
@@ -32,6 +34,7 @@ DRAWS = 8             # profile draws per point for the 5-95 % bands (each costs
 HASH = {Profile: data.profile_digest}       # hashing a profile's fields on every call is slow
 point = st.cache_data(show_spinner=False, max_entries=4096, hash_funcs=HASH)(data.point)
 timeline = st.cache_data(show_spinner=False, max_entries=64, hash_funcs=HASH)(data.timeline)
+serve = st.cache_data(show_spinner=False, max_entries=64, hash_funcs=HASH)(data.serve)
 load_profile = st.cache_resource(show_spinner=False, max_entries=16)(
     lambda cluster: cluster.load_profile())
 profile_from_upload = st.cache_resource(show_spinner=False, max_entries=16)(
@@ -94,6 +97,12 @@ def render_sidebar() -> Scenario:
         selected = st.radio("selected plan", KINDS, format_func=LABELS.get, key="selected")
         slo_tpot = st.number_input("TPOT SLO (ms, 0 = none)", 0.0, 1e6, 0.0, key="slo_tpot")
         slo_ttft = st.number_input("TTFT SLO (ms, 0 = none)", 0.0, 1e7, 0.0, key="slo_ttft")
+        st.header("Serving under load")
+        rate = st.number_input("arrival rate (requests/s, 0 = a trace's own)", 0.0, 1e6,
+                               DEFAULT_RATE, key="rate")
+        replicas = st.number_input("replicas of the selected plan", 1, 4096, 1, key="replicas")
+        per_len = st.number_input("requests per length (uniform mix)", 1, 4096, 16,
+                                  key="requests_per_len")
         intervals = st.toggle(f"prediction intervals ({DRAWS} profile draws per point)", True,
                               key="intervals")
         st.text_input("measurement store", str(default_store_path()), key="store_path")
@@ -119,7 +128,8 @@ def render_sidebar() -> Scenario:
                               decode_kv=decode_kv),
         static=StaticStrategy(tp=tp, pp=int(pp)), selected=selected, trace=trace,
         slo_tpot_ms=slo_tpot or None, slo_ttft_ms=slo_ttft or None,
-        interval_samples=DRAWS if intervals else 0)
+        interval_samples=DRAWS if intervals else 0, rate=rate or None,
+        replicas=int(replicas), requests_per_len=int(per_len))
 
 
 def render_metrics(sc: Scenario, curves: dict) -> None:
@@ -203,28 +213,73 @@ def render_heatmap(sc: Scenario) -> None:
                "memory (hover for the reason).")
 
 
+def render_serving(sc: Scenario) -> None:
+    st.header(f"Serving under load: {sc.replicas} x {sc.strategy().describe()}")
+    try:
+        with st.spinner("simulating the request stream"):
+            out = data.serve_selected(sc, serve)
+    except InputError as err:
+        st.error(str(err))
+        return
+    if not out.get("completed"):
+        st.warning(f"no request fits in memory: {out['requests']} rejected")
+        return
+    cols = st.columns(5)
+    for col, (label, key) in zip(cols, (("p99 TTFT (ms)", "ttft_p99_ms"),
+                                        ("p99 TPOT (ms)", "tpot_p99_ms"),
+                                        ("p99 queue (ms)", "queue_p99_ms"),
+                                        ("p50 TTFT (ms)", "ttft_p50_ms"),
+                                        ("served (requests/s)", "throughput_rps"))):
+        col.metric(label, data.fmt(out.get(key)))
+    for slo, key, name in ((sc.slo_tpot_ms, "tpot_p99_ms", "TPOT"),
+                           (sc.slo_ttft_ms, "ttft_p99_ms", "TTFT")):
+        if slo and (out.get(key) or 0) > slo:
+            st.warning(f"request p99 {name} {out[key]:.4g} ms misses the SLO of {slo:g} ms")
+    st.caption(f"{out['completed']}/{out['requests']} requests of "
+               f"{sc.request_workload.name}, each replica holding at most {sc.batch} in flight "
+               f"(the batch), routed by {sc.serving.router}; pool occupancy "
+               f"{out['pool_occupancy_mean']:.2f} (planner.requests)")
+
+
 def render_search(sc: Scenario) -> None:
-    st.header("Plan search: Pareto front of GPUs vs TPOT")
+    st.header("Plan search: layouts, replicas and running-batch limit under the arrivals")
     budget = st.number_input("GPU budget", 1, sc.cluster.total_gpus, sc.cluster.total_gpus,
                              key="search_gpus")
     objective = st.radio("objective", ["tps", "gpus"], horizontal=True, key="objective")
-    key = data.search_key(sc, int(budget), objective)
+    rates_text = st.text_input("arrival rates for a GPUs-vs-rate curve (requests/s, "
+                               "comma-separated; empty = the sidebar's rate)", "",
+                               key="search_rates")
+    try:
+        rates = tuple(parse_rates(rates_text, "arrival rates")) if rates_text.strip() else ()
+    except InputError as err:
+        st.error(str(err))
+        return
+    key = data.search_key(sc, int(budget), objective, rates)
     if st.button("Run search", key="run_search"):
         bar = st.progress(0.0, text="searching")
         try:
             st.session_state["search"] = (key, data.run_search(
-                sc, int(budget), objective, progress=lambda f: bar.progress(f, text="searching")))
+                sc, int(budget), objective, rates,
+                progress=lambda f: bar.progress(f, text="searching")))
         except InputError as err:
             st.error(str(err))
         bar.empty()
     stored = st.session_state.get("search")
     if not stored or stored[0] != key:
-        st.info("Press 'Run search' to search thresholds, pool rules, base TP and the static "
-                "baselines within the GPU budget for these inputs.")
+        st.info("Press 'Run search' to search layouts (FA Pool thresholds, pool rules and "
+                "base TP; static TP x PP), replicas and running-batch limits within the GPU "
+                "budget, judged on the request-level simulation of these arrivals.")
         return
     found = stored[1]
-    st.plotly_chart(figures.pareto_figure(found["candidates"], found["pareto"], found["front"],
-                                          found["chosen"], sc.slo_tpot_ms), key="chart_pareto")
+    left, right = st.columns(2)
+    left.plotly_chart(figures.requests_front_figure(found["served"], found["requests_front"],
+                                                    found["chosen"], sc.slo_ttft_ms),
+                      key="chart_requests_front")
+    right.plotly_chart(figures.pareto_figure(found["candidates"], found["pareto"],
+                                             found["front"], found["chosen"], sc.slo_tpot_ms),
+                       key="chart_pareto")
+    if len(found["rates"]) > 1:
+        st.plotly_chart(rate_figure(found["rates"]), key="chart_rates")
     st.caption(found["summary"])
 
 
@@ -267,6 +322,7 @@ def main() -> None:
     render_timeline(sc)
     render_memory(sc, curves)
     render_heatmap(sc)
+    render_serving(sc)
     render_search(sc)
     render_measured()
     render_downloads(sc)

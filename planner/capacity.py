@@ -331,3 +331,20 @@ def request_front(served: list) -> list:
         return (p["gpus"], p["requests"]["ttft_p99_ms"], p["requests"].get("tpot_p99_ms") or 0)
     front = [p for p in pts if not any(dominates_min(axes(o), axes(p)) for o in pts)]
     return sorted(front, key=axes)
+
+
+def brief(p: dict | None) -> dict | None:
+    """A request-level plan in a line of a GPUs-vs-rate table."""
+    if p is None:
+        return None
+    return {"name": p["name"], "kind": p["kind"], "replicas": p["replicas"],
+            "max_batch": p["max_batch"], "gpus": p["gpus"], "requests": p["requests"]}
+
+
+def rate_row(rate, workload, result) -> dict:
+    """One line of the GPUs-vs-rate table from a planner.search result at that rate (rate:
+    the one asked, else the workload's own): the chosen plan and the best of each kind."""
+    return {"rate": rate if rate is not None else round(workload.rate, 6),
+            "load_rps": round(result.load_rps, 6), "chosen": brief(result.chosen),
+            "best_by_kind": {k: brief(p) for k, p in result.best_by_kind.items()},
+            "reason": result.reason}

@@ -46,7 +46,7 @@ from planner.model import ModelSpec
 from planner.pareto import pareto_front, weighted_percentile
 from planner.requests import StepCosts
 from planner.simulate import simulate
-from planner.sweep import canonical, run_tasks, sim_summary
+from planner.sweep import canonical, run_tasks, sim_summary, stage_line
 from planner.strategy import (DECODE_KV_PLACEMENTS, FAPoolStrategy, StaticStrategy, Strategy,
                               strategy_from_dict)
 from planner.workload import PAPER_BATCH, Workload
@@ -309,6 +309,22 @@ def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload,
         add_intervals(result.chosen, model, cluster, profile, buckets, workers)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def search_rates(model: ModelSpec, cluster: ClusterSpec, gpus: int, workloads: list,
+                 slo_tpot_ms: float | None = None, slo_ttft_ms: float | None = None,
+                 objective: str = "tps", progress=None, **kw) -> list:
+    """search() at each arrival rate: workloads [(rate or None, RequestWorkload)], the same
+    requests at several rates; the first rate's full-batch screen serves them all.
+    Returns [(rate, workload, SearchResult)]."""
+    out, prev = [], None
+    for rate, workload in workloads:
+        if rate is not None and len(workloads) > 1:
+            stage_line(progress, f"rate {rate:g} requests/s")
+        prev = search(model, cluster, gpus, workload, slo_tpot_ms, slo_ttft_ms, objective,
+                      progress, screen_from=prev, **kw)
+        out.append((rate, workload, prev))
+    return out
 
 
 def _screen(model, cluster, profile, gpus, buckets, batch, space, workers, progress) -> tuple:

@@ -246,6 +246,24 @@ def synthetic(name: str, requests: int = DEFAULT_REQUESTS, rate: float = DEFAULT
     return RequestWorkload(name, reqs)
 
 
+MAX_RATES = 16
+
+
+def parse_rates(text: str, field: str = "--rate") -> list:
+    """Arrival rates from "R" or "R1,R2,...": each > 0 requests/s, at most MAX_RATES;
+    returned sorted, without repeats."""
+    out = []
+    for part in str(text).split(","):
+        try:
+            value = float(part.strip())
+        except ValueError:
+            raise InputError(field, f"not a number: {part.strip()!r}") from None
+        require(0 < value < math.inf, field, f"must be > 0, got {part.strip()!r}")
+        out.append(value)
+    require(len(out) <= MAX_RATES, field, f"at most {MAX_RATES} rates, got {len(out)}")
+    return sorted(set(out))
+
+
 def is_trace(spec: str) -> bool:
     """Whether a --workload names a trace file (else a mix)."""
     path = Path(spec)

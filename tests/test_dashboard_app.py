@@ -200,7 +200,12 @@ def test_search_runs_behind_the_button(app):
     front = trace(fig, "Pareto front")
     assert front["x"] == sorted(set(front["x"]))       # GPUs ascending along the front,
     assert front["y"] == sorted(front["y"], reverse=True)   # TPOT falling
-    assert any("candidates" in c.value for c in app.caption)
+    assert any("layouts" in c.value and "plans" in c.value for c in app.caption)
+    front = charts(app)["chart_requests_front"]
+    assert {"Pareto front (request p99)", "chosen"} <= {t["name"] for t in front["data"]}
+    p99 = trace(front, "Pareto front (request p99)")
+    assert p99["x"] == sorted(p99["x"])                     # GPUs ascending
+    assert "meets the SLOs" not in app.caption[-1].value    # none were given
     app.radio(key="phase").set_value("decode").run()    # another widget: the result stays
     assert "chart_pareto" in charts(app)
     app.number_input(key="search_gpus").set_value(32).run()   # other inputs: it is stale
@@ -219,3 +224,35 @@ def test_precision_changes_the_prediction_and_fp8_on_a100_is_a_message(app):
     assert not app.exception
     errors = [e.value for e in app.error]
     assert len(errors) == 1 and "no FP8 tensor cores" in errors[0], errors
+
+
+def test_replicas_and_rate_drive_the_serving_view(app):
+    """Serving under load: more replicas of the selected plan queue less; a higher arrival
+    rate queues more."""
+    base = metrics(app)
+    app.number_input(key="replicas").set_value(4).run()
+    assert_clean(app)
+    more = metrics(app)
+    assert float(more["p99 queue (ms)"].replace(",", "")) < \
+        float(base["p99 queue (ms)"].replace(",", ""))
+    app.number_input(key="replicas").set_value(1).run()
+    app.number_input(key="rate").set_value(16.0).run()
+    busy = metrics(app)
+    assert float(busy["p99 queue (ms)"].replace(",", "")) > \
+        float(base["p99 queue (ms)"].replace(",", ""))
+
+
+def test_rate_sweep_draws_gpus_vs_rate_and_bad_rates_are_messages(app):
+    app.number_input(key="slo_ttft").set_value(5000.0).run()
+    app.radio(key="objective").set_value("gpus").run()
+    app.text_input(key="search_rates").set_value("1, 8").run()
+    app.button(key="run_search").click().run()
+    assert_clean(app)
+    fig = charts(app)["chart_rates"]
+    chosen = [t for t in fig["data"] if t["name"] == "chosen"]
+    assert chosen and chosen[0]["x"] == [1.0, 8.0]
+    gpus = chosen[0]["y"]
+    assert gpus[0] <= gpus[1]                       # more arrivals never need fewer GPUs
+    assert "meets the SLOs" in app.caption[-1].value
+    app.text_input(key="search_rates").set_value("1, x").run()
+    assert any("arrival rates" in e.value and "not a number" in e.value for e in app.error)

@@ -12,7 +12,7 @@ from pathlib import Path
 from calibration.errors import InputError
 from planner.cli import options
 from planner.workload import DEFAULT_OUTPUT_LEN, PAPER_BATCH, Workload
-from planner.workloads import DEFAULT_RATE, DEFAULT_REQUESTS, MIXES
+from planner.workloads import DEFAULT_RATE, DEFAULT_REQUESTS, MIXES, parse_rates
 
 EPILOG = f"""examples:
   fapool plan --model paper-4l --cluster dgx-a100 --gpus 40 --workload paper --out out/plan
@@ -43,19 +43,11 @@ def _float(text: str) -> float:
 
 
 def _rates(text: str) -> list:
-    """--rate: one rate or a comma-separated list, each > 0 requests/s."""
-    out = []
-    for part in text.split(","):
-        value = _float(part.strip())
-        if not (value > 0 and value < float("inf")):
-            raise options.argparse.ArgumentTypeError(f"must be > 0, got {part.strip()!r}")
-        out.append(value)
-    if len(out) > MAX_RATES:
-        raise options.argparse.ArgumentTypeError(f"at most {MAX_RATES} rates, got {len(out)}")
-    return sorted(set(out))
-
-
-MAX_RATES = 16
+    """--rate: one rate or a comma-separated list (planner.workloads.parse_rates)."""
+    try:
+        return parse_rates(text)
+    except InputError as err:
+        raise options.argparse.ArgumentTypeError(err.problem) from None
 
 
 def register(subparsers) -> None:
@@ -143,23 +135,6 @@ def _workloads(args) -> list:
                           args.seed)) for r in (args.rate or [None])]
 
 
-def _brief(p: dict | None) -> dict | None:
-    """A request-level plan in a line of the rate table."""
-    if p is None:
-        return None
-    return {"name": p["name"], "kind": p["kind"], "replicas": p["replicas"],
-            "max_batch": p["max_batch"], "gpus": p["gpus"], "requests": p["requests"]}
-
-
-def _rate_row(rate, workload, result) -> dict:
-    """One line of the GPUs-vs-rate table (rate: the one asked, else the workload's)."""
-    return {"rate": rate if rate is not None else round(workload.rate, 6),
-            "load_rps": round(result.load_rps, 6),
-            "chosen": _brief(result.chosen),
-            "best_by_kind": {k: _brief(p) for k, p in result.best_by_kind.items()},
-            "reason": result.reason}
-
-
 def _serving(p: dict):
     from planner.serving import Serving
     return Serving(replicas=p["replicas"], max_batch=p["max_batch"])
@@ -182,9 +157,9 @@ def run(args) -> int:
     from planner.plan import ExecutorSettings, make_plan, resolve_microbatches, save_plan
     from planner.report import SWEEP_LENS, render_report
     from planner.requests import simulate_requests
-    from planner.search import evaluate_strategy, search
+    from planner.capacity import rate_row
+    from planner.search import evaluate_strategy, search_rates
     from planner.simulate import simulate
-    from planner.sweep import stage_line
     from planner.workloads import save_trace, synthetic
 
     out = Path(args.out)
@@ -196,15 +171,10 @@ def run(args) -> int:
     model, cluster = options.model_from_args(args), options.cluster_from_args(args)
     profile = cluster.load_profile()
     gpus = args.gpus if args.gpus is not None else cluster.total_gpus
-    runs, prev = [], None
-    for rate, workload in _workloads(args):
-        if rate is not None and len(args.rate) > 1:
-            stage_line(None, f"rate {rate:g} requests/s")
-        prev = search(model, cluster, gpus, workload, args.slo_tpot, args.slo_ttft,
-                      args.objective, batch=args.batch, profile=profile, workers=args.workers,
-                      screen_from=prev)
-        runs.append((rate, workload, prev))
-    rates = [_rate_row(rate, w, r) for rate, w, r in runs]
+    runs = search_rates(model, cluster, gpus, _workloads(args), args.slo_tpot,
+                        args.slo_ttft, args.objective, batch=args.batch, profile=profile,
+                        workers=args.workers)
+    rates = [rate_row(rate, w, r) for rate, w, r in runs]
     served = [run for run in runs if run[2].chosen is not None]
     if not served:
         result = runs[-1][2]

@@ -22,7 +22,9 @@ from planner.launch import render_launch_configs
 from planner.model import ModelSpec
 from planner.memory import memory_check
 from planner.plan import make_plan, resolve_microbatches
-from planner.search import SearchSpace, search
+from planner.capacity import describe, rate_row
+from planner.requests import simulate_requests
+from planner.search import SearchSpace, search_rates
 from planner import metrics
 from planner.simulate import simulate
 from planner.strategy import FAPoolStrategy, Strategy
@@ -186,18 +188,31 @@ def heatmap(sc: Scenario, metric: str = "tpot", point_fn=point, progress=None) -
 
 
 # ------------------------------------------------------------------ search
-def search_key(sc: Scenario, gpus: int, objective: str) -> str:
+def search_key(sc: Scenario, gpus: int, objective: str, rates: tuple = ()) -> str:
     """Identifies the inputs a search result belongs to (a stale result is not shown)."""
     return repr((sc.model, sc.cluster, sc.profile.name, sc.profile.device, sc.batch,
                  sc.request_workload.summary(), sc.slo_tpot_ms, sc.slo_ttft_ms, gpus,
-                 objective, sc.fapool.decode_kv))
+                 objective, sc.fapool.decode_kv, tuple(rates)))
 
 
 def _slim(c: dict) -> dict:
-    return {"label": c["name"], "kind": c["kind"], "gpus": c["gpus"], "tpot_ms": c["tpot_ms"],
-            "ttft_ms": c["ttft_ms"], "tps": c["tps"], "feasible": c["feasible"],
-            "meets_slo": c["meets_slo"], "strategy": c["strategy"],
-            "tpot_ms_interval": c.get("tpot_ms_interval")}
+    """A full-batch candidate (or the chosen plan, which adds its serving figures)."""
+    out = {"label": c["name"], "kind": c["kind"], "gpus": c["gpus"], "tpot_ms": c["tpot_ms"],
+           "ttft_ms": c["ttft_ms"], "tps": c["tps"], "feasible": c["feasible"],
+           "strategy": c["strategy"], "tpot_ms_interval": c.get("tpot_ms_interval")}
+    if "replicas" in c:
+        out.update(_served(c), tpot_ms=c["tpot_ms"], gpus=c["gpus"])
+    return out
+
+
+def _served(p: dict) -> dict:
+    """A request-level plan (planner.capacity): replicas x layout, running-batch limit."""
+    r = p["requests"]
+    return {"label": f"{p['replicas']} x {p['name']}, batch <= {p['max_batch']}",
+            "kind": p["kind"], "gpus": p["gpus"], "replicas": p["replicas"],
+            "max_batch": p["max_batch"], "meets_slo": p["meets_slo"],
+            "ttft_p99_ms": r.get("ttft_p99_ms"), "tpot_p99_ms": r.get("tpot_p99_ms"),
+            "queue_p99_ms": r.get("queue_p99_ms"), "throughput_rps": r.get("throughput_rps")}
 
 
 def front_2d(candidates: list) -> list:
@@ -212,26 +227,49 @@ def front_2d(candidates: list) -> list:
     return out
 
 
-def run_search(sc: Scenario, gpus: int, objective: str = "tps", progress=None) -> dict:
-    """planner.search over the scenario's workload (trace or uniform mix) and batch;
-    progress(fraction) is called as simulations finish."""
+def run_search(sc: Scenario, gpus: int, objective: str = "tps", rates: tuple = (),
+               progress=None) -> dict:
+    """planner.search over the scenario's request stream at its rate, or at each of `rates`
+    (the plan of the largest rate shown, and the GPUs-vs-rate table); progress(fraction)
+    is called as the full-batch screen's simulations finish."""
     tick = (lambda done, total: progress(done / max(total, 1))) if progress else False
-    res = search(sc.model, sc.cluster, gpus, sc.request_workload, sc.slo_tpot_ms,
-                 sc.slo_ttft_ms, objective, progress=tick, batch=sc.batch, profile=sc.profile,
-                 space=SearchSpace(decode_kv=sc.fapool.decode_kv))
+    runs = search_rates(sc.model, sc.cluster, gpus,
+                        [(r, sc.arrivals(r)) for r in rates] or [(None, sc.request_workload)],
+                        sc.slo_tpot_ms, sc.slo_ttft_ms, objective, progress=tick,
+                        batch=sc.batch, profile=sc.profile,
+                        space=SearchSpace(decode_kv=sc.fapool.decode_kv))
+    _, workload, res = runs[-1]
     chosen = res.chosen or res.closest
     feasible = sum(c["feasible"] for c in res.candidates)
-    summary = (f"{len(res.candidates)} candidates ({feasible} feasible), {res.simulations} "
-               f"simulations in {res.seconds:.1f} s; workload {res.workload['name']}.  ")
+    summary = (f"{len(res.candidates)} layouts ({feasible} fit), {len(res.served)} plans "
+               f"(replicas x running-batch limit) simulated under {res.load_rps:.3g} "
+               f"requests/s; {res.simulations} simulations in {res.seconds:.1f} s; workload "
+               f"{res.workload['name']}.  ")
     if res.chosen:
-        summary += (f"Chosen ({objective}): {res.chosen['name']}, {res.chosen['gpus']} GPUs, "
-                    f"TPOT {res.chosen['tpot_ms']:.4g} ms, TPS {res.chosen['tps']:,.0f}.")
+        r = res.chosen["requests"]
+        summary += (f"Chosen ({objective}): {describe(res.chosen)}, request p99 TTFT "
+                    f"{fmt(r.get('ttft_p99_ms'))} ms, p99 TPOT {fmt(r.get('tpot_p99_ms'))} ms"
+                    + (", meets the SLOs." if res.slo_given else "."))
     else:
         summary += res.reason
     return {"candidates": [_slim(c) for c in res.candidates],
             "pareto": [_slim(c) for c in res.pareto],
             "front": [_slim(c) for c in front_2d(res.candidates)],
-            "chosen": _slim(chosen) if chosen else None, "summary": summary}
+            "chosen": _slim(chosen) if chosen else None,
+            "served": [_served(p) for p in res.served],
+            "requests_front": [_served(p) for p in res.requests_front],
+            "rates": [rate_row(r, w, x) for r, w, x in runs], "summary": summary}
+
+
+def serve(model, cluster, profile, strategy, workload, serving) -> dict:
+    """A plan's request-level figures on a request stream (planner.requests summary);
+    app.py caches it (plain specs in, a dict out)."""
+    return simulate_requests(model, cluster, strategy, workload, serving, profile).summary()
+
+
+def serve_selected(sc: Scenario, serve_fn=serve) -> dict:
+    """The selected plan, sc.replicas replicas of it, serving sc.request_workload."""
+    return serve_fn(*sc.specs, sc.strategy(), sc.request_workload, sc.serving)
 
 
 # ------------------------------------------------------------------ measured vs predicted

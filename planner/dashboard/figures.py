@@ -214,3 +214,38 @@ def measured_figure(rows: list) -> go.Figure:
     fig.update_xaxes(type="log")
     fig.update_yaxes(type="log")
     return fig
+
+
+def requests_front_figure(served: list, front: list, chosen: dict | None,
+                          slo_ttft: float | None = None) -> go.Figure:
+    """GPUs vs request-level p99 TTFT of every plan the capacity stage simulated (replicas x
+    layout x running-batch limit), its Pareto front (GPUs, p99 TTFT, p99 TPOT) and the
+    chosen plan; hover gives p99 TPOT."""
+    fig = go.Figure()
+
+    def text(pts):
+        return [f"{p['label']}<br>p99 TPOT {p['tpot_p99_ms']:.4g} ms" if p["tpot_p99_ms"]
+                else p["label"] for p in pts]
+    for kind, color in (("fapool", "#1f77b4"), ("static", "#ff7f0e")):
+        pts = [p for p in served if p["kind"] == kind and p["ttft_p99_ms"] is not None]
+        if pts:
+            fig.add_trace(go.Scatter(x=[p["gpus"] for p in pts], y=[p["ttft_p99_ms"] for p in pts],
+                                     mode="markers", name=f"{kind} plans",
+                                     marker=dict(color=color, opacity=0.45, size=7),
+                                     text=text(pts), hoverinfo="text+x+y"))
+    if front:
+        fig.add_trace(go.Scatter(x=[p["gpus"] for p in front], y=[p["ttft_p99_ms"] for p in front],
+                                 mode="lines+markers", name="Pareto front (request p99)",
+                                 line=dict(color="black", shape="hv"), text=text(front),
+                                 hoverinfo="text+x+y"))
+    if chosen and chosen.get("ttft_p99_ms") is not None:
+        fig.add_trace(go.Scatter(x=[chosen["gpus"]], y=[chosen["ttft_p99_ms"]], mode="markers",
+                                 name="chosen", text=text([chosen]), hoverinfo="text+x+y",
+                                 marker=dict(symbol="star", size=16, color="gold",
+                                             line=dict(color="black", width=1))))
+    if slo_ttft:
+        fig.add_hline(y=slo_ttft, line_dash="dot", annotation_text=f"TTFT SLO {slo_ttft:g} ms")
+    fig.update_layout(height=380, margin=dict(t=30, b=40), xaxis_title="GPUs (replicas x plan)",
+                      yaxis_title="request-level p99 TTFT (ms)")
+    fig.update_yaxes(type="log")
+    return fig

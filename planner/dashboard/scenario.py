@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from calibration.errors import InputError, positive_int, require
 from calibration.profile import Profile
 from planner.cluster import ClusterSpec
@@ -17,7 +19,8 @@ from planner.layout import build_layout
 from planner.model import ModelSpec
 from planner.strategy import FAPoolStrategy, StaticStrategy, Strategy
 from planner.workload import Workload
-from planner.workloads import Request, RequestWorkload
+from planner.serving import Serving
+from planner.workloads import DEFAULT_RATE, Request, RequestWorkload
 
 # The sweep of the TPOT / TPS curves: the paper's section 5.1 lengths plus the powers of two
 # between them, up to 32K.
@@ -49,6 +52,10 @@ class Scenario:
     slo_tpot_ms: float | None = None
     slo_ttft_ms: float | None = None
     interval_samples: int = 16       # profile draws per curve point (0: no intervals)
+    rate: float | None = None        # arrivals, requests/s (None: a trace's own, else
+                                     # DEFAULT_RATE)
+    replicas: int = 1                # copies of the selected plan serving the arrivals
+    requests_per_len: int = 16       # the uniform mix: requests of each sweep length
 
     def __post_init__(self):
         require(self.selected in KINDS, "strategy", f"must be one of {KINDS}")
@@ -60,6 +67,10 @@ class Scenario:
                 "interval_samples", "must be an integer >= 0")
         for slo, name in ((self.slo_tpot_ms, "slo_tpot_ms"), (self.slo_ttft_ms, "slo_ttft_ms")):
             require(slo is None or slo > 0, name, "must be > 0 (or unset)")
+        require(self.rate is None or 0 < self.rate < float("inf"), "rate",
+                "must be > 0 requests/s (or unset)")
+        positive_int(self.replicas, "replicas")
+        positive_int(self.requests_per_len, "requests_per_len")
         # The planner's own checks: TP divides heads / FFN, GPUs fit in the cluster.
         build_layout(self.model, self.cluster, self.fapool)
         build_layout(self.model, self.cluster, self.static)
@@ -77,12 +88,26 @@ class Scenario:
 
     @property
     def request_workload(self) -> RequestWorkload:
-        """The trace, or one request per length of the sweep (a uniform mix)."""
+        """The requests the search and the serving view simulate: the trace (rescaled to
+        `rate` when set), or the uniform mix (requests_per_len of each sweep length, in turn)
+        arriving as a Poisson process of `rate` (seed 0)."""
+        return self.arrivals(self.rate)
+
+    def arrivals(self, rate: float | None) -> RequestWorkload:
+        """request_workload at another arrival rate (the same requests)."""
         if self.trace is not None:
-            return self.trace
+            return self.trace.at_rate(rate) if rate else self.trace
+        lens = [seq for _ in range(self.requests_per_len) for seq in self.seq_lens]
+        gaps = np.random.default_rng(0).exponential(1.0 / (rate or DEFAULT_RATE), len(lens))
+        starts = np.round(np.cumsum(gaps) - gaps[0], 6)
         return RequestWorkload(
-            f"uniform over {', '.join(map(str, self.seq_lens))}",
-            tuple(Request(0.0, seq, self.output_len) for seq in self.seq_lens))
+            f"uniform over {', '.join(map(str, self.seq_lens))} @ {rate or DEFAULT_RATE:g}/s",
+            tuple(Request(float(t), seq, self.output_len) for t, seq in zip(starts, lens)))
+
+    @property
+    def serving(self) -> Serving:
+        """Replicas of the selected plan and its running-batch limit (the batch)."""
+        return Serving(replicas=self.replicas, max_batch=self.batch)
 
     @property
     def workload_mix(self) -> tuple:
