@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import math
 import time
+
+import numpy as np
 from dataclasses import dataclass, field
 
 from planner.pareto import dominates_min
@@ -49,6 +51,7 @@ DRAIN_LIMIT = 2.0          # a plan keeps up when, after the last arrival, it dr
                            # 2 x the longest time a request spends admitted (no backlog left
                            # beyond the requests in flight); else its queue grew
 SLO_KEYS = (("ttft", "ttft_p99_ms"), ("tpot", "tpot_p99_ms"))
+SLO_PERCENTILE = 99
 REQUEST_FIGURES = ("ttft_p50_ms", "ttft_p90_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p90_ms",
                    "tpot_p99_ms", "queue_p50_ms", "queue_p99_ms", "throughput_rps",
                    "throughput_tps", "pool_occupancy_mean", "completed", "requests")
@@ -101,6 +104,10 @@ class CapacityPlanner:
         self.tokens_per_request = (sum(r.input_len + r.output_len for r in workload.requests)
                                    / len(workload.requests))
         self.request_sims = 0
+        self.last_sim = None              # the RequestSimResult of the last serve()
+        self.pruned: list = []            # [(layout, SLOs it misses even alone)]
+        self.request_buckets = [next(i for i, b in enumerate(self.buckets)
+                                     if b.lo <= r.input_len < b.hi) for r in workload.requests]
 
     # ------------------------------------------------------------ one plan
     def capacity_rps(self, strategy, b: int) -> float:
@@ -116,6 +123,32 @@ class CapacityPlanner:
             per_request += bucket.weight * t / n
         return 1.0 / per_request if per_request > 0 and math.isfinite(per_request) else 0.0
 
+    def floor(self, strategy) -> dict:
+        """Lower bounds of the request-level p99 TTFT and TPOT (ms) of any plan of this
+        layout: every request alone on its replica (prefill and decode of batch 1 of its
+        bucket; a step never takes less with more requests in it, and queueing only adds).
+        Each request's figure is at least its bound, so the sorted figures are, one by
+        one, and so is their percentile."""
+        per = []
+        for i in range(len(self.buckets)):
+            stand = self.costs.stand_in(strategy, i)
+            per.append((self.costs.time("prefill", stand, 1, 1),
+                        self.costs.time("decode", stand, 1, 1)))
+        ttft = [per[i][0] for i in self.request_buckets]
+        tpot = [per[i][1] for i, r in zip(self.request_buckets, self.workload.requests)
+                if r.output_len > 1]
+        return {"ttft_p99_ms": float(np.percentile(ttft, SLO_PERCENTILE)) * 1e3,
+                "tpot_p99_ms": float(np.percentile(tpot, SLO_PERCENTILE)) * 1e3
+                if tpot else None}
+
+    def misses_alone(self, strategy) -> list:
+        """The SLOs this layout misses even serving one request at a time (floor)."""
+        floor = self.floor(strategy)
+        return [f"request p99 {name.upper()} >= {floor[key]:,.1f} ms even one request at a "
+                f"time > SLO {self.slo[f'{name}_ms']:g} ms" for name, key in SLO_KEYS
+                if self.slo.get(f"{name}_ms") is not None and floor[key] is not None
+                and floor[key] > self.slo[f"{name}_ms"]]
+
     def replicas_needed(self, capacity_rps: float) -> int:
         if self.load_rps <= 0:
             return 1
@@ -128,6 +161,7 @@ class CapacityPlanner:
                                 Serving(replicas=replicas, max_batch=b), self.profile,
                                 self.costs)
         self.request_sims += 1
+        self.last_sim = sim
         figures = sim.summary()
         cap = self.capacity_rps(strategy, b)
         plan = {"id": cand["id"], "name": cand["name"], "kind": cand["kind"],
@@ -180,13 +214,19 @@ class CapacityPlanner:
         if not any(need):
             return tried
 
+        stands = [self.costs.stand_in(strategy, i) for i in range(len(self.buckets))]
+
         def attempt(r):
+            last = None
             for (b, _), n in zip(limits, need):
-                if n and n <= r:
-                    plan = self.serve(cand, r, b)
-                    tried.append(plan)
-                    if plan["meets_slo"]:
-                        return plan
+                if not n or n > r or (last is not None
+                                      and last.same_under(self.costs, stands, b)):
+                    continue         # cannot keep up, or the same simulation as a larger b
+                plan = self.serve(cand, r, b)
+                last = self.last_sim
+                tried.append(plan)
+                if plan["meets_slo"]:
+                    return plan
             return None
 
         def allowed(r):
@@ -215,11 +255,15 @@ class CapacityPlanner:
     def best_for_tps(self, cand: dict) -> list:
         strategy = strategy_from_dict(cand["strategy"])
         r = self.budget // cand["gpus"]
-        tried = []
+        stands = [self.costs.stand_in(strategy, i) for i in range(len(self.buckets))]
+        tried, last = [], None
         for b, cap in self._limits(strategy):
             if not self.replicas_needed(cap) or self.replicas_needed(cap) > r:
                 break                       # smaller limits sustain less
+            if last is not None and last.same_under(self.costs, stands, b):
+                continue                    # the same simulation as a larger limit
             plan = self.serve(cand, r, b)
+            last = self.last_sim
             tried.append(plan)
             if plan["meets_slo"]:
                 break
@@ -236,15 +280,24 @@ def signature(cand: dict, buckets: list) -> tuple:
 
 
 def _search_kind(planner: CapacityPlanner, layouts: list, objective: str) -> list:
-    """Branch and bound over the layouts of one kind (module docstring); every plan tried."""
+    """Branch and bound over the layouts of one kind (module docstring); every plan tried.
+    A layout that misses an SLO even serving one request at a time is not simulated
+    (planner.pruned)."""
     served = []
+
+    def hopeless(c):
+        why = planner.misses_alone(strategy_from_dict(c["strategy"]))
+        if why:
+            planner.pruned.append((c, why))
+        return bool(why)
+
     if objective == "gpus":
         def bound(c):
             need = max(1, math.ceil(planner.load_tps / c["tps"])) if planner.load_tps else 1
             return c["gpus"] * need
         best = math.inf
         for c in sorted(layouts, key=lambda c: (bound(c), -c["tps"])):
-            if bound(c) >= best or bound(c) > planner.budget:
+            if bound(c) >= best or bound(c) > planner.budget or hopeless(c):
                 continue
             tried = planner.best_for_gpus(c, best)
             served += tried
@@ -255,7 +308,7 @@ def _search_kind(planner: CapacityPlanner, layouts: list, objective: str) -> lis
             return (planner.budget // c["gpus"]) * c["tps"]
         best = -math.inf
         for c in sorted(layouts, key=lambda c: -upper(c)):
-            if upper(c) <= best:
+            if upper(c) <= best or hopeless(c):
                 continue
             tried = planner.best_for_tps(c)
             served += tried
@@ -284,6 +337,8 @@ def plan_capacity(planner: CapacityPlanner, candidates: list, objective: str,
         ok = [p for p in plans if p["meets_slo"]]
         out.best_by_kind[kind] = max(ok, key=_key(objective)) if ok else None
     _choose(out, objective, planner.slo)
+    if out.chosen is None and not out.served and planner.pruned:
+        _closest_alone(out, planner)
     out.simulations = planner.costs.simulations - sims0
     out.request_sims = planner.request_sims
     out.seconds = time.perf_counter() - t0
@@ -315,6 +370,24 @@ def _choose(out: CapacityResult, objective: str, slo: dict) -> None:
     out.closest = min(out.served, key=lambda p: (excess(p), p["gpus"]))
     out.reason = (f"no plan meets the SLOs within the budget; the closest, {describe(out.closest)}"
                   f", has {'; '.join(out.closest['slo_reasons'])}")
+
+
+def _closest_alone(out: CapacityResult, planner: CapacityPlanner) -> None:
+    """Every layout misses an SLO even one request at a time: the closest is the one whose
+    bound is nearest the SLOs, simulated once (its fewest replicas that keep up)."""
+    def excess(item):
+        floor = planner.floor(strategy_from_dict(item[0]["strategy"]))
+        return max(floor[key] / planner.slo[f"{name}_ms"] for name, key in SLO_KEYS
+                   if planner.slo.get(f"{name}_ms") and floor[key] is not None)
+    cand, why = min(planner.pruned, key=lambda item: (excess(item), item[0]["gpus"]))
+    limits = planner._limits(strategy_from_dict(cand["strategy"]))
+    b, cap = limits[0] if limits else (planner.batch, 0.0)
+    replicas = max(1, planner.replicas_needed(cap))
+    if replicas * cand["gpus"] <= planner.budget:
+        out.closest = planner.serve(cand, replicas, b)
+        out.served.append(out.closest)
+    out.reason = (f"no layout meets the SLOs within the budget even serving one request at a "
+                  f"time; the closest, {cand['name']}, has {'; '.join(why)}")
 
 
 def describe(p: dict) -> str:

@@ -155,6 +155,21 @@ class RequestSimResult:
     serving: Serving = field(default_factory=Serving)
     simulations: int = 0
     notes: list = field(default_factory=list)
+    peak_batch: int = 0                     # most requests in flight on one replica
+    peak_per_bucket: list = field(default_factory=list)   # most of a bucket in an iteration
+    caps: list = field(default_factory=list)              # per-bucket admission caps used
+
+    def same_under(self, costs: "StepCosts", stands: list, max_batch: int) -> bool:
+        """Whether a running-batch limit of max_batch (<= this one's) gives exactly this
+        simulation: the limit never bound (peak_batch <= it), no bucket's cap bound, and
+        every step time it used is interpolated between the same simulated batch sizes."""
+        if self.peak_batch > max_batch:
+            return False
+        for stand, peak, cap in zip(stands, self.peak_per_bucket, self.caps):
+            new = costs.cap(stand, max_batch)
+            if peak and new != cap and (peak > new or 2 * 2 ** int(math.log2(max(peak, 1))) > new):
+                return False
+        return True
 
     def _done(self):
         return [r for r in self.records if r.finish_s is not None]
@@ -219,6 +234,7 @@ class _Replica:
         self.pool_cap = pool_cap
         self.waiting: deque = deque()
         self.running: list = []
+        self.counts: dict = {}            # bucket -> requests running (decoding)
         self.leases: dict = {}
         self.outstanding = 0              # tokens of routed, unfinished requests
         self.wake = env.event()
@@ -255,7 +271,8 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
     t0 = records[0].arrival_s
     arrival_times = [rec.arrival_s - t0 for rec in records]
     occupancy = [(0.0, 0)]
-    state = {"arrived": 0}
+    state = {"arrived": 0, "peak": 0}
+    peaks = [0] * len(buckets)            # most requests of a bucket in one iteration
 
     def pool_level():
         return sum(rep.pool_cap - rep.pool.level for rep in replicas)
@@ -277,9 +294,9 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
 
     def admit(rep):
         new = []
-        per_bucket: dict = {}
-        for rec in rep.running:
-            per_bucket[rec.bucket] = per_bucket.get(rec.bucket, 0) + 1
+        if not rep.waiting or len(rep.running) >= serving.max_batch:
+            return new
+        per_bucket = dict(rep.counts)
         for rec in list(rep.waiting):
             if len(rep.running) + len(new) >= serving.max_batch:
                 break
@@ -312,11 +329,22 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
                 rep.pool.put(lease.gpus)
                 occupancy.append((env.now, pool_level()))
 
-    def iteration_time(phase, recs):
+    memo: dict = {}                       # (phase, ((bucket, n), ...)) -> seconds
+
+    def iteration_time(phase, counts: dict):
+        """One iteration over counts {bucket: requests}: the buckets one after another."""
+        key = (phase, tuple(sorted(counts.items())))
+        if key not in memo:
+            for i, n in counts.items():
+                peaks[i] = max(peaks[i], n)
+            memo[key] = sum(costs.time(phase, stands[i], n, caps[i]) for i, n in key[1])
+        return memo[key]
+
+    def tally(recs) -> dict:
         counts: dict = {}
         for rec in recs:
             counts[rec.bucket] = counts.get(rec.bucket, 0) + 1
-        return sum(costs.time(phase, stands[i], n, caps[i]) for i, n in sorted(counts.items()))
+        return counts
 
     def decode_steps(rep, step: float) -> int:
         """Decode steps until the next event that can change the running batch: a request
@@ -331,8 +359,9 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
     def server(env, rep):
         while True:
             new = admit(rep)
+            state["peak"] = max(state["peak"], len(rep.running) + len(new))
             if new:
-                yield env.timeout(iteration_time("prefill", new))
+                yield env.timeout(iteration_time("prefill", tally(new)))
                 for rec in new:
                     rec.first_token_s = env.now
                     rec.generated = 1
@@ -340,15 +369,22 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
                         finish(rep, rec)
                     else:
                         rep.running.append(rec)
+                        rep.counts[rec.bucket] = rep.counts.get(rec.bucket, 0) + 1
             elif rep.running:
-                step = iteration_time("decode", rep.running)
+                step = iteration_time("decode", rep.counts)
                 k = decode_steps(rep, step)
                 yield env.timeout(k * step)
-                for rec in list(rep.running):
+                still = []
+                for rec in rep.running:
                     rec.generated += k
                     if rec.generated >= rec.output_len:
-                        rep.running.remove(rec)
+                        rep.counts[rec.bucket] -= 1
+                        if not rep.counts[rec.bucket]:
+                            del rep.counts[rec.bucket]
                         finish(rep, rec)
+                    else:
+                        still.append(rec)
+                rep.running = still
             elif state["arrived"] < len(records) or rep.waiting:
                 if rep.waiting and not rep.running:
                     raise RuntimeError("requests wait but nothing runs")   # pragma: no cover
@@ -368,7 +404,8 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
     occupancy = [(t + t0, level) for t, level in occupancy]
     result = RequestSimResult(strategy.describe(), records, occupancy,
                               pool_cap * serving.replicas, serving,
-                              costs.simulations - sims_before)
+                              costs.simulations - sims_before, peak_batch=state["peak"],
+                              peak_per_bucket=peaks, caps=caps)
     if any(math.isinf(v) for step in costs.steps.values() for v in step):
         result.notes.append("some batch sizes do not fit in memory at the bucket's mean length")
     return result
