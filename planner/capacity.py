@@ -205,7 +205,8 @@ class CapacityPlanner:
 
     def best_for_gpus(self, cand: dict, best_gpus: float) -> list:
         """Plans of one layout tried on the way to its fewest replicas meeting the SLOs:
-        R grows from the fewest that keep up (1, 2, 3, 4, then x1.5) until one meets them,
+        R grows from the fewest that keep up (1, 2, 3, 4, then x1.5, the last step cut to
+        the most the budget allows) until one meets them,
         then a bisection finds the smallest such R; never past the budget or best_gpus."""
         strategy = strategy_from_dict(cand["strategy"])
         limits = self._limits(strategy)
@@ -237,7 +238,9 @@ class CapacityPlanner:
             found = attempt(r)
             if found:
                 break
-            failed, r = r, (r + 1 if r < 4 else math.ceil(r * 1.5))
+            grown = r + 1 if r < 4 else math.ceil(r * 1.5)
+            top = next(k for k in range(grown, r, -1) if allowed(k) or k == r + 1)
+            failed, r = r, top     # the most the budget allows when the step overshoots
         if found is None:
             return tried
         hi = r

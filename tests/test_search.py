@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from planner.capacity import CapacityPlanner
 from planner.cli import main
 from planner.cluster import resolve_cluster
 from planner.model import PRESETS
@@ -96,12 +97,17 @@ def test_chosen_maximises_sustainable_tps_and_gpus_objective_minimises_gpus(resu
 
 
 def test_unmeetable_slo_gives_no_plan_and_the_closest(result):
+    """A TPOT SLO no layout meets even serving one request at a time: no plan; the closest
+    is the layout whose one-at-a-time p99 TPOT (the lower bound) is the least."""
     r = search(PAPER, A100, 24, WL, batch=64, space=SMALL, workers=1, progress=False,
                slo_tpot_ms=1e-6)
     assert r.chosen is None and r.closest is not None
-    assert "no plan meets the SLOs" in r.reason and "p99 TPOT" in r.reason
-    assert r.closest["requests"]["tpot_p99_ms"] == min(p["requests"]["tpot_p99_ms"]
-                                                       for p in r.served)
+    assert "no layout meets the SLOs" in r.reason and "p99 TPOT" in r.reason
+    planner = CapacityPlanner(PAPER, A100, A100.load_profile(), WL, r.slo, 24, 64, r.costs)
+    floors = {c["name"]: planner.floor(r.strategy(c))["tpot_p99_ms"]
+              for c in r.candidates if c["feasible"]}
+    assert floors[r.closest["name"]] == min(floors.values())
+    assert r.closest["requests"]["tpot_p99_ms"] >= floors[r.closest["name"]]
 
 
 def test_budget_below_memory_needs():
@@ -142,7 +148,7 @@ def test_plan_cli_slo_unmeetable_exit_3_and_nothing_written(tmp_path, capsys):
     cap = capsys.readouterr()
     assert code == 3 and not out.exists()
     err = [ln for ln in cap.err.splitlines() if not ln.startswith("fapool: ")]
-    assert len(err) == 1 and "no plan meets the SLOs" in err[0]
+    assert len(err) == 1 and "no layout meets the SLOs" in err[0]
     assert "closest" in err[0] and "p99 TPOT" in err[0] and "SLO 1e-06 ms" in err[0]
     assert "closest" in cap.out
 
