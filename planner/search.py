@@ -107,6 +107,17 @@ class SearchResult:
     def strategy(self, candidate: dict) -> Strategy:
         return strategy_from_dict(candidate["strategy"])
 
+    def headline(self) -> str:
+        """What was searched, in one line (the CLI's and the dashboard's)."""
+        fit = sum(c["feasible"] for c in self.candidates)
+        head = (f"searched {len(self.candidates)} layouts ({fit} fit in memory), then "
+                f"{len(self.served)} plans (replicas x running-batch limit) under "
+                f"{self.load_rps:.3g} requests/s; {self.simulations} simulations, "
+                f"{self.seconds:.1f} s")
+        if self.slo_given:
+            head += f"; {sum(p['meets_slo'] for p in self.served)} meet the SLOs"
+        return head
+
     def to_json(self, all_candidates: bool = False) -> dict:
         return {"objective": self.objective, "slo": self.slo, "batch": self.batch,
                 "workload": self.workload, "load_rps": round(self.load_rps, 6),

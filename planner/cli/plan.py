@@ -269,14 +269,7 @@ def _slo_lines(result, plan: dict) -> list:
 
 
 def format_summary(result, rates: list) -> str:
-    fit = sum(c["feasible"] for c in result.candidates)
-    head = (f"searched {len(result.candidates)} layouts ({fit} fit in memory), then "
-            f"{len(result.served)} plans (replicas x running-batch limit) under "
-            f"{result.load_rps:.3g} requests/s; {result.simulations} simulations, "
-            f"{result.seconds:.1f} s")
-    if result.slo_given:
-        head += f"; {sum(p['meets_slo'] for p in result.served)} meet the SLOs"
-    lines = [head]
+    lines = [result.headline()]
     p = result.chosen or result.closest
     if result.chosen is None:
         lines.append(f"NO PLAN: {result.reason}")

@@ -238,13 +238,9 @@ def run_search(sc: Scenario, gpus: int, objective: str = "tps", rates: tuple = (
                         sc.slo_tpot_ms, sc.slo_ttft_ms, objective, progress=tick,
                         batch=sc.batch, profile=sc.profile,
                         space=SearchSpace(decode_kv=sc.fapool.decode_kv))
-    _, workload, res = runs[-1]
+    res = runs[-1][2]
     chosen = res.chosen or res.closest
-    feasible = sum(c["feasible"] for c in res.candidates)
-    summary = (f"{len(res.candidates)} layouts ({feasible} fit), {len(res.served)} plans "
-               f"(replicas x running-batch limit) simulated under {res.load_rps:.3g} "
-               f"requests/s; {res.simulations} simulations in {res.seconds:.1f} s; workload "
-               f"{res.workload['name']}.  ")
+    summary = f"{res.headline()}; workload {res.workload['name']}.  "
     if res.chosen:
         r = res.chosen["requests"]
         summary += (f"Chosen ({objective}): {describe(res.chosen)}, request p99 TTFT "

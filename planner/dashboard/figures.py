@@ -182,14 +182,23 @@ def pareto_figure(candidates: list, pareto: list, front: list, chosen: dict | No
                                  line=dict(color="black", shape="hv"),
                                  text=[c["label"] for c in front]))
     if chosen and chosen.get("tpot_ms") is not None:
-        fig.add_trace(go.Scatter(x=[chosen["gpus"]], y=[chosen["tpot_ms"]], mode="markers",
-                                 name="chosen", text=[chosen["label"]],
-                                 marker=dict(symbol="star", size=16, color="gold",
-                                             line=dict(color="black", width=1))))
+        _chosen_star(fig, chosen["gpus"], chosen["tpot_ms"], chosen["label"])
+    return _gpus_axes(fig, "TPOT (ms)", "GPUs", slo and ("TPOT", slo))
+
+
+def _chosen_star(fig, x, y, text) -> None:
+    fig.add_trace(go.Scatter(x=[x], y=[y], mode="markers", name="chosen", text=[text],
+                             hoverinfo="text+x+y",
+                             marker=dict(symbol="star", size=16, color="gold",
+                                         line=dict(color="black", width=1))))
+
+
+def _gpus_axes(fig, y_title: str, x_title: str, slo: tuple | None) -> go.Figure:
+    """A GPUs-vs-latency chart's axes (log latency) and its SLO line (name, ms) if any."""
     if slo:
-        fig.add_hline(y=slo, line_dash="dot", annotation_text=f"TPOT SLO {slo:g} ms")
-    fig.update_layout(height=380, margin=dict(t=30, b=40), xaxis_title="GPUs",
-                      yaxis_title="TPOT (ms)")
+        fig.add_hline(y=slo[1], line_dash="dot", annotation_text=f"{slo[0]} SLO {slo[1]:g} ms")
+    fig.update_layout(height=380, margin=dict(t=30, b=40), xaxis_title=x_title,
+                      yaxis_title=y_title)
     fig.update_yaxes(type="log")
     return fig
 
@@ -239,13 +248,6 @@ def requests_front_figure(served: list, front: list, chosen: dict | None,
                                  line=dict(color="black", shape="hv"), text=text(front),
                                  hoverinfo="text+x+y"))
     if chosen and chosen.get("ttft_p99_ms") is not None:
-        fig.add_trace(go.Scatter(x=[chosen["gpus"]], y=[chosen["ttft_p99_ms"]], mode="markers",
-                                 name="chosen", text=text([chosen]), hoverinfo="text+x+y",
-                                 marker=dict(symbol="star", size=16, color="gold",
-                                             line=dict(color="black", width=1))))
-    if slo_ttft:
-        fig.add_hline(y=slo_ttft, line_dash="dot", annotation_text=f"TTFT SLO {slo_ttft:g} ms")
-    fig.update_layout(height=380, margin=dict(t=30, b=40), xaxis_title="GPUs (replicas x plan)",
-                      yaxis_title="request-level p99 TTFT (ms)")
-    fig.update_yaxes(type="log")
-    return fig
+        _chosen_star(fig, chosen["gpus"], chosen["ttft_p99_ms"], text([chosen])[0])
+    return _gpus_axes(fig, "request-level p99 TTFT (ms)", "GPUs (replicas x plan)",
+                      slo_ttft and ("TTFT", slo_ttft))
