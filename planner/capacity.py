@@ -176,7 +176,9 @@ class CapacityPlanner:
             plan["slo_reasons"].append(f"{figures['requests'] - figures['completed']} "
                                        f"requests never fit in memory")
         drain, service = figures.get("drain_s"), figures.get("service_max_s")
-        if drain is not None and self.load_rps > 0 and drain > DRAIN_LIMIT * service:
+        behind = drain is not None and self.load_rps > 0 and drain > DRAIN_LIMIT * service
+        plan["keeps_up"] = figures["completed"] == figures["requests"] and not behind
+        if behind:
             plan["slo_reasons"].append(
                 f"falls behind the arrivals (serves {figures['throughput_rps']:.3g} of "
                 f"{self.load_rps:.3g} requests/s; drains {drain:,.1f} s after the last "
@@ -321,9 +323,10 @@ def _search_kind(planner: CapacityPlanner, layouts: list, objective: str) -> lis
 
 
 def plan_capacity(planner: CapacityPlanner, candidates: list, objective: str,
-                  progress=None) -> CapacityResult:
+                  progress=None, front: list = ()) -> CapacityResult:
     """Choose replicas and running-batch limit for the feasible candidates (module
-    docstring); candidates are the full-batch screen's dicts."""
+    docstring); candidates are the full-batch screen's dicts.  Each layout of `front` (the
+    full-batch Pareto front) gets its request-level plan as c["serving_plan"]."""
     t0 = time.perf_counter()
     sims0 = planner.costs.simulations
     out = CapacityResult(load_rps=planner.load_rps)
@@ -342,12 +345,39 @@ def plan_capacity(planner: CapacityPlanner, candidates: list, objective: str,
     _choose(out, objective, planner.slo)
     if out.chosen is None and not out.served and planner.pruned:
         _closest_alone(out, planner)
+    _attach_front(planner, out, front, objective)
     out.simulations = planner.costs.simulations - sims0
     out.request_sims = planner.request_sims
     out.seconds = time.perf_counter() - t0
     stage_line(progress, f"requests: {len(out.served)} plans simulated under the arrival process "
                           f"({out.simulations} step simulations) in {out.seconds:.1f} s")
     return out
+
+
+def _attach_front(planner: CapacityPlanner, out: CapacityResult, front: list,
+                  objective: str) -> None:
+    """Every full-batch Pareto layout's request-level plan: its best plan the search
+    simulated (meeting the SLOs if one does), else one simulated now with the fewest
+    replicas that keep up at the largest running-batch limit (None: not within budget)."""
+    by_layout: dict = {}
+    for p in out.served:
+        by_layout.setdefault(signature(p, planner.buckets), []).append(p)
+    for c in front:
+        plans = by_layout.get(signature(c, planner.buckets), [])
+        ok = [p for p in plans if p["meets_slo"]]
+        if ok:
+            plan = max(ok, key=_key(objective))
+        elif plans:
+            plan = plans[-1]
+        else:
+            limits = planner._limits(strategy_from_dict(c["strategy"]))
+            need = planner.replicas_needed(limits[0][1]) if limits else 0
+            plan = (planner.serve(c, need, limits[0][0])
+                    if need and need * c["gpus"] <= planner.budget else None)
+            if plan is not None:
+                out.served.append(plan)
+        c["serving_plan"] = plan and {k: plan[k] for k in (
+            "replicas", "max_batch", "gpus", "meets_slo", "slo_reasons", "requests")}
 
 
 def _key(objective: str):
@@ -399,9 +429,9 @@ def describe(p: dict) -> str:
 
 
 def request_front(served: list) -> list:
-    """Plans not dominated on (GPUs, request p99 TTFT, request p99 TPOT), all lower-better."""
-    pts = [p for p in served if p["requests"].get("ttft_p99_ms") is not None
-           and p["requests"]["completed"] == p["requests"]["requests"]]
+    """Plans that keep up with the arrivals and that no other dominates on (GPUs, request
+    p99 TTFT, request p99 TPOT), all lower-better."""
+    pts = [p for p in served if p["keeps_up"]]
 
     def axes(p):
         return (p["gpus"], p["requests"]["ttft_p99_ms"], p["requests"].get("tpot_p99_ms") or 0)

@@ -116,7 +116,18 @@ def _cand_cols():
             ("TPOT ms", lambda c: _fmt(c["tpot_ms"])),
             ("TPOT p99 ms", lambda c: _fmt(c["tpot_p99_ms"])),
             ("TTFT ms", lambda c: _fmt(c["ttft_ms"], 1)),
-            ("TPS", lambda c: _fmt(c["tps"], 0))]
+            ("TPS", lambda c: _fmt(c["tps"], 0)),
+            ("served under the arrivals: replicas x, batch <=, p99 TTFT / TPOT ms",
+             _served_as)]
+
+
+def _served_as(c: dict) -> str:
+    p = c.get("serving_plan")
+    if p is None:
+        return "-" if "serving_plan" not in c else "cannot keep up within the budget"
+    r = p["requests"]
+    return (f"{p['replicas']} x, <= {p['max_batch']}: {_fmt(r.get('ttft_p99_ms'), 1)} / "
+            f"{_fmt(r.get('tpot_p99_ms'))}")
 
 
 def _req_rows(reqs: dict) -> list:

@@ -235,3 +235,16 @@ def test_help_lists_the_exit_statuses(capsys):
         main(["plan", "--help"])
     text = capsys.readouterr().out
     assert "exit status: 0" in text and "2 bad input" in text and "3 no plan" in text
+
+
+def test_the_full_batch_pareto_front_is_simulated_at_the_request_level(planned):
+    """Every layout on the full-batch front carries its request-level plan, and every plan
+    on the request-level front keeps up with the arrivals."""
+    data = json.loads((planned / "search.json").read_text())
+    assert data["pareto"] and all("serving_plan" in c for c in data["pareto"])
+    for c in data["pareto"]:
+        p = c["serving_plan"]
+        if p is not None:
+            assert p["gpus"] == p["replicas"] * c["gpus"] <= 16
+            assert p["requests"]["completed"] == p["requests"]["requests"]
+    assert data["pareto_requests"] and all(p["keeps_up"] for p in data["pareto_requests"])

@@ -147,6 +147,9 @@ def test_dashboard_in_chromium():
             assert page.get_by_text("fa-pool: what if I add an attention pool?").count() == 1
             assert page.locator('[data-testid="stException"]').count() == 0
             assert page.get_by_text("paper claim").count() > 0     # labels in the SVG
+            # the serving view: the selected plan under the sidebar's arrival rate
+            assert page.get_by_text("Serving under load", exact=False).count() >= 1
+            assert metric_value(page, "p99 TTFT (ms)") not in ("", "-")
             gantt_before = chart_data(page, "base compute")
             tpot_before = metric_value(page, "TPOT (ms)")
             assert gantt_before and set(gantt_before[1]) >= {"base"}

@@ -295,6 +295,13 @@ def format_summary(result, rates: list) -> str:
                          f"{b['max_batch']}, {b['gpus']} GPUs, request p99 TTFT "
                          f"{_f(b['requests'].get('ttft_p99_ms'), 1)} ms, TPOT "
                          f"{_f(b['requests'].get('tpot_p99_ms'))} ms")
+    if result.requests_front:
+        lines.append("request-level Pareto front (GPUs, p99 TTFT ms, p99 TPOT ms):")
+        for f in result.requests_front[:8]:
+            r = f["requests"]
+            lines.append(f"  {f['gpus']:>4} {_f(r.get('ttft_p99_ms'), 1):>12} "
+                         f"{_f(r.get('tpot_p99_ms')):>9}  {f['replicas']} x {f['name']}, "
+                         f"running batch <= {f['max_batch']}")
     if len(rates) > 1:
         lines.append("GPUs needed vs arrival rate (chosen / best static / best FA Pool):")
         for row in rates:
