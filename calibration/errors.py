@@ -21,6 +21,23 @@ def require(condition: bool, field: str, problem: str) -> None:
         raise InputError(field, problem)
 
 
+NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+:@/=-")
+NAME_MAX = 200
+
+
+def safe_name(value, field: str) -> str:
+    """Return value if it is a name fa-pool may write into generated files (launch scripts,
+    manifests, reports): 1-200 characters of letters, digits and ._+:@/=- (an HF repo id
+    or a path without spaces), or raise InputError naming field.  Whitespace, quotes,
+    $ ` ; | & < > # and control characters could end a comment or start a command."""
+    require(isinstance(value, str) and value != "", field, "must be a non-empty string")
+    require(len(value) <= NAME_MAX, field, f"is {len(value)} characters; at most {NAME_MAX}")
+    bad = sorted({c for c in value if c not in NAME_CHARS})
+    require(not bad, field, f"{value[:60]!r} has characters a name may not hold: "
+            f"{''.join(bad)!r} (allowed: letters, digits and ._+:@/=-)")
+    return value
+
+
 def positive_int(value, field: str) -> int:
     """Return value as an int > 0, or raise InputError naming field."""
     if isinstance(value, bool) or not isinstance(value, int):

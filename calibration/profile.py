@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from calibration import curves
-from calibration.errors import InputError, positive_float, require
+from calibration.errors import InputError, positive_float, require, safe_name
 
 SCHEMA = 1
 DATA_DIR = Path(__file__).parent / "data"
@@ -256,7 +256,7 @@ class Profile:
         require(isinstance(raw, dict), "profile", "must be a YAML mapping")
         require(raw.get("schema") == SCHEMA, "profile.schema",
                 f"must be {SCHEMA}, got {raw.get('schema')!r}")
-        require(isinstance(raw.get("name"), str) and raw["name"], "profile.name", "missing")
+        safe_name(raw.get("name"), "profile.name")
         dev = raw.get("device")
         require(isinstance(dev, dict), "profile.device", "missing or not a mapping")
         device = curves.Device(
@@ -279,6 +279,7 @@ class Profile:
         require(isinstance(links_raw, dict) and links_raw, "profile.links", "missing or empty")
         links = {}
         for name, body in links_raw.items():
+            safe_name(name, "profile.links")
             require(isinstance(body, dict), f"profile.links.{name}", "not a mapping")
             peak = positive_float(body.get("peak_bandwidth"),
                                   f"profile.links.{name}.peak_bandwidth")

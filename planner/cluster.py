@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 
-from calibration.errors import InputError, positive_int, require
+from calibration.errors import InputError, positive_int, require, safe_name
 from calibration.profile import Profile, load_profile
 
 
@@ -29,6 +29,12 @@ class ClusterSpec:
                                  # most this many compute ops of a node run at once
 
     def __post_init__(self):
+        safe_name(self.name, "cluster.name")
+        safe_name(self.intra_link, "cluster.intra_link")
+        safe_name(self.inter_link, "cluster.inter_link")
+        require(isinstance(self.profile, str) and self.profile.isprintable(),
+                "cluster.profile", "must be a profile name or a path without control "
+                "characters")
         require(isinstance(self.cores_per_node, int) and self.cores_per_node >= 0,
                 "cluster.cores_per_node", "must be an integer >= 0")
         positive_int(self.nodes, "cluster.nodes")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from calibration.errors import InputError, positive_int, read_json, require
+from calibration.errors import InputError, positive_int, read_json, require, safe_name
 from planner.model import ModelSpec
 
 _ACTIVATIONS = {"silu": "swiglu", "swish": "swiglu"}          # gated (LLaMA-style MLP)
@@ -73,7 +73,11 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
     fields["tied_embeddings"] = tied
     if mtype in moe_keys:
         fields.update(_moe_fields(raw, mtype, moe_keys[mtype][0]))
-    name = str(raw.get("_name_or_path") or path.parent.name or path.stem)
+    if raw.get("_name_or_path"):
+        name = safe_name(raw["_name_or_path"], "config.json._name_or_path")
+    else:
+        name = safe_name(path.parent.name or path.stem, "model directory name (set "
+                         "config.json._name_or_path to name the model)")
     return ModelSpec(name=name, **fields)
 
 

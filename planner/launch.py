@@ -71,14 +71,25 @@ def _torchrun(nnodes: int, node_rank: str, nproc: str, plan_path: str) -> str:
             f"-m executor --plan {plan_path}")
 
 
+def one_line(text: str) -> str:
+    """A string as it may stand inside a one-line comment of a script or manifest: every
+    character that is not printable (newline, CR, NUL, U+2028, ...) shown as its escape, so
+    the comment can never end early.  Names are validated on load (calibration.errors.
+    safe_name); this holds whatever reaches the writer."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in str(text))
+
+
 def _header(plan: Plan) -> str:
+    """Comment lines saying what the file launches; user strings through one_line."""
     sv = plan.serving
-    return (f"# FA Pool plan {plan.plan_id}: {plan.strategy.describe()}\n"
-            f"# model {plan.model.name}, cluster {plan.cluster.name}, {plan.world_size} ranks "
-            f"on {len(node_ranks(plan))} node(s) per replica\n"
-            f"# {sv.replicas} replica(s) ({nodes_needed(plan)} node(s) in all), at most "
-            f"{sv.max_batch} requests in flight each; router: {sv.router} (planner.serving);"
-            f" pools: {sv.to_dict()['pool']}\n")
+    lines = (f"FA Pool plan {plan.plan_id}: {plan.strategy.describe()}",
+             f"model {plan.model.name}, cluster {plan.cluster.name}, {plan.world_size} ranks "
+             f"on {len(node_ranks(plan))} node(s) per replica",
+             f"{sv.replicas} replica(s) ({nodes_needed(plan)} node(s) in all), at most "
+             f"{sv.max_batch} requests in flight each; router: {sv.router} (planner.serving);"
+             f" pools: {sv.to_dict()['pool']}")
+    return "".join(f"# {one_line(line)}\n" for line in lines)
 
 
 def _visible(plan: Plan, replica: int) -> str:

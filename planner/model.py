@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from calibration.errors import positive_int, require
+from calibration.errors import positive_int, require, safe_name
 
 ACTIVATIONS = ("gelu", "swiglu", "geglu")     # geglu: gated GELU (Gemma)
 PRECISIONS = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}     # bytes per weight
@@ -45,6 +45,7 @@ class ModelSpec:
     kv_dtype_bytes: int = 0
 
     def __post_init__(self):
+        safe_name(self.name, "model.name")
         for f in ("layers", "hidden", "heads", "kv_heads", "head_dim", "ffn", "vocab",
                   "dtype_bytes"):
             positive_int(getattr(self, f), f"model.{f}")
