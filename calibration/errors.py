@@ -38,8 +38,11 @@ def safe_name(value, field: str) -> str:
     return value
 
 
+MAX_INT = 2 ** 40      # the largest count or size any input may give (tokens, GPUs, bytes)
+
+
 def positive_int(value, field: str) -> int:
-    """Return value as an int > 0, or raise InputError naming field."""
+    """Return value as an int in (0, 2^40], or raise InputError naming field."""
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -47,6 +50,8 @@ def positive_int(value, field: str) -> int:
             raise InputError(field, f"must be a positive integer, got {value!r}")
     if value <= 0:
         raise InputError(field, f"must be a positive integer, got {value}")
+    if value > MAX_INT:
+        raise InputError(field, f"{value} is more than the largest size accepted (2^40)")
     return value
 
 

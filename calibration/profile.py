@@ -43,6 +43,49 @@ from calibration.errors import InputError, positive_float, require, safe_name
 
 SCHEMA = 1
 DATA_DIR = Path(__file__).parent / "data"
+MAX_PROFILE_BYTES = 8 << 20          # the shipped ones are ~30 KB
+PROFILE_KEYS = {"schema", "name", "description", "device", "curves", "links", "host",
+                "provenance"}
+DEVICE_KEYS = {"name", "peak_flops", "hbm_bytes", "hbm_bandwidth", "fp8_peak_flops"}
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses aliases: a profile needs none, and `*a` repeated inside
+    anchored lists expands exponentially (a 1 KB "billion laughs" file)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases are not allowed",
+                                              self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def parse_yaml(text: str, field: str, what: str = ""):
+    """The one YAML parser of profiles (files and dashboard uploads): no aliases; an
+    InputError naming field, with the line, for malformed text."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        why = "aliases are not allowed" if "alias" in str(err) else type(err).__name__
+        raise InputError(field, f"{what + ' is ' if what else ''}not valid YAML{where}: {why}"
+                         ) from None
+
+
+def read_yaml(path: Path, field: str):
+    """A YAML file of at most MAX_PROFILE_BYTES (parse_yaml); InputError (naming field) for a
+    missing, special (a FIFO, /dev/zero), oversized or malformed file."""
+    require(path.exists(), field, f"no such file: {path}")
+    require(path.is_file(), field, f"{path} is not a regular file")
+    size = path.stat().st_size
+    require(size <= MAX_PROFILE_BYTES, field,
+            f"{path} is {size:,} bytes; at most {MAX_PROFILE_BYTES:,}")
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError:
+        raise InputError(field, f"{path} is not UTF-8 text") from None
+    return parse_yaml(text, field, str(path))
 
 
 @dataclass(frozen=True)
@@ -254,11 +297,15 @@ class Profile:
     @classmethod
     def from_dict(cls, raw: dict) -> "Profile":
         require(isinstance(raw, dict), "profile", "must be a YAML mapping")
+        unknown = sorted(set(raw) - PROFILE_KEYS)
+        require(not unknown, "profile", f"unknown keys {unknown}")
         require(raw.get("schema") == SCHEMA, "profile.schema",
                 f"must be {SCHEMA}, got {raw.get('schema')!r}")
         safe_name(raw.get("name"), "profile.name")
         dev = raw.get("device")
         require(isinstance(dev, dict), "profile.device", "missing or not a mapping")
+        unknown = sorted(set(dev) - DEVICE_KEYS)
+        require(not unknown, "profile.device", f"unknown keys {unknown}")
         device = curves.Device(
             name=str(dev.get("name", "unknown")),
             peak_flops=positive_float(dev.get("peak_flops"), "profile.device.peak_flops"),
@@ -271,6 +318,8 @@ class Profile:
         )
         fams = raw.get("curves")
         require(isinstance(fams, dict), "profile.curves", "missing or not a mapping")
+        unknown = sorted(set(fams) - {"gemm", "attention", "memory"})
+        require(not unknown, "profile.curves", f"unknown curve families {unknown}")
         parsed = {}
         for family in ("gemm", "attention", "memory"):
             require(isinstance(fams.get(family), dict), f"profile.curves.{family}", "missing")
@@ -283,35 +332,83 @@ class Profile:
             require(isinstance(body, dict), f"profile.links.{name}", "not a mapping")
             peak = positive_float(body.get("peak_bandwidth"),
                                   f"profile.links.{name}.peak_bandwidth")
-            links[name] = Link(name, peak, _curve("link", body, f"profile.links.{name}"))
+            links[name] = Link(name, peak, _curve("link", body, f"profile.links.{name}",
+                                                  ("peak_bandwidth",)))
         host_raw = raw.get("host") or {}
         require(isinstance(host_raw, dict), "profile.host", "not a mapping")
         unknown = set(host_raw) - {"op_overhead_s", "std", "sources", "post_overhead_s",
                                    "wake_s"}
         require(not unknown, "profile.host", f"unknown keys {sorted(unknown)}")
-        sources = host_raw.get("sources", [])
-        require(isinstance(sources, list), "profile.host.sources", "must be a list of strings")
-        host = Host(host_raw.get("op_overhead_s", 0.0), host_raw.get("std", 0.0),
-                    tuple(str(x) for x in sources), host_raw.get("post_overhead_s", 0.0),
-                    host_raw.get("wake_s", 0.0))
+        sources = _strings(host_raw.get("sources", []), "profile.host.sources")
+        host = Host(*(_number(host_raw.get(k, 0.0), f"profile.host.{k}")
+                      for k in ("op_overhead_s", "std")), sources,
+                    *(_number(host_raw.get(k, 0.0), f"profile.host.{k}")
+                      for k in ("post_overhead_s", "wake_s")))
+        require(isinstance(raw.get("provenance") or {}, dict), "profile.provenance",
+                "must be a mapping")
         return cls(name=raw["name"], device=device, links=links,
                    description=str(raw.get("description", "")),
                    provenance=raw.get("provenance") or {}, host=host, **parsed)
 
 
-def _curve(family: str, body: dict, where: str) -> Curve:
+CURVE_KEYS = {"params", "std", "cov", "rmse_rel", "points", "sources", "draws"}
+
+
+def _number(value, where: str) -> float:
+    """A finite number >= 0 (not a boolean, not a string)."""
+    require(isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0, where,
+            f"must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _strings(value, where: str) -> tuple:
+    require(isinstance(value, list) and all(isinstance(x, str) for x in value), where,
+            "must be a list of strings")
+    return tuple(value)
+
+
+def _curve(family: str, body: dict, where: str, more_keys: tuple = ()) -> Curve:
+    """A curve's YAML body, every field checked for its type (one error naming it)."""
+    unknown = sorted(set(body) - CURVE_KEYS - set(more_keys))
+    require(not unknown, where, f"unknown keys {unknown}")
+    names = curves.FAMILY_PARAMS[family]
     params = body.get("params")
     require(isinstance(params, dict), f"{where}.params", "missing or not a mapping")
+    std = body.get("std") or {}
+    require(isinstance(std, dict), f"{where}.std", "must be a mapping of parameter -> std")
+    for k, v in std.items():
+        require(k in names, f"{where}.std", f"unknown parameter {k!r}")
+        _number(v, f"{where}.std.{k}")
+    cov = body.get("cov")
+    if cov is not None:
+        require(isinstance(cov, list) and len(cov) == len(names)
+                and all(isinstance(row, list) and len(row) == len(names) for row in cov),
+                f"{where}.cov", f"must be a {len(names)}x{len(names)} list of lists")
+        for i, row in enumerate(cov):
+            for v in row:
+                require(isinstance(v, (int, float)) and not isinstance(v, bool)
+                        and math.isfinite(v), f"{where}.cov.{i}",
+                        f"must hold finite numbers, got {v!r}")
+    rmse = body.get("rmse_rel")
+    points = body.get("points", 0)
+    require(isinstance(points, int) and not isinstance(points, bool) and points >= 0,
+            f"{where}.points", f"must be an integer >= 0, got {points!r}")
     try:
         draws = body.get("draws") or ()
         require(isinstance(draws, (list, tuple)) and all(isinstance(d, (list, tuple))
                                                          for d in draws),
                 f"{where}.draws", "must be a list of parameter lists")
-        return Curve(family=family, params=dict(params), std=dict(body.get("std") or {}),
-                     cov=body.get("cov"), rmse_rel=body.get("rmse_rel"),
-                     points=int(body.get("points", 0)), sources=tuple(body.get("sources", ())),
+        return Curve(family=family, params=dict(params), std={k: float(v) for k, v in
+                                                              std.items()},
+                     cov=cov, rmse_rel=None if rmse is None else _number(
+                         rmse, f"{where}.rmse_rel"),
+                     points=points, sources=_strings(body.get("sources", []),
+                                                     f"{where}.sources"),
                      draws=tuple(tuple(d) for d in draws))
     except InputError as err:  # re-anchor the field under this profile path
+        if err.field.startswith(where):
+            raise
         raise InputError(err.field.replace(f"curves.{family}" if family != "link" else "links",
                                            where, 1), err.problem) from None
 
@@ -327,13 +424,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
             known = sorted(p.stem for p in DATA_DIR.glob("*.yaml"))
             raise InputError("profile", f"unknown profile {str(name_or_path)!r}; "
                              f"known: {known}, or give a path to a .yaml file")
-    if not path.is_file():
-        raise InputError("profile", f"no such file: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        raise InputError("profile", f"{path} is not valid YAML ({type(err).__name__})") from None
-    return Profile.from_dict(raw)
+    return Profile.from_dict(read_yaml(path, "profile"))
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from calibration.curves import MEMORY_KINDS
-from calibration.errors import InputError
+from calibration.errors import InputError, require
 from calibration.fingerprint import fingerprint as machine_fingerprint
 
 SCHEMA_VERSION = 1
@@ -143,12 +143,22 @@ class Run:
 
 
 class Store:
-    """Create or open the store at path; refuse files that are not ours (InputError)."""
+    """Create or open the store at path; refuse files that are not ours (InputError).
+    readonly: open an existing fa-pool store for reading only (SQLite's mode=ro): never
+    create a file, never write a schema into one (the dashboard's store box)."""
 
-    def __init__(self, path: str | Path | None = None):
+    def __init__(self, path: str | Path | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
+        self.readonly = readonly
         self._check_file()
         try:
+            if readonly:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._conn = sqlite3.connect(uri, uri=True, timeout=30.0,
+                                             isolation_level=None)
+                self._conn.execute("PRAGMA query_only = ON")
+                self._open()
+                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             self._conn.execute("PRAGMA foreign_keys = ON")
@@ -164,6 +174,10 @@ class Store:
     def _check_file(self) -> None:
         if self.path.is_dir():
             raise InputError("store", f"{self.path} is a directory, not a database file")
+        if self.readonly:
+            require(self.path.is_file(), "store", f"no fa-pool store at {self.path}")
+            require(self.path.stat().st_size > 0, "store",
+                    f"{self.path} is empty, not an fa-pool store")
         if not self.path.exists() or self.path.stat().st_size == 0:
             return
         try:
@@ -178,6 +192,9 @@ class Store:
     def _open(self) -> None:
         conn = self._conn
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables and self.readonly:
+            raise InputError("store", f"{self.path} is an SQLite database but not an fa-pool "
+                             "store (no tables)")
         if not tables:  # a new (or empty) file: create our schema in one transaction
             conn.executescript(
                 "BEGIN IMMEDIATE;" + _TABLES

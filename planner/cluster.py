@@ -9,6 +9,10 @@ from calibration.errors import InputError, positive_int, require, safe_name
 from calibration.profile import Profile, load_profile
 
 
+MAX_NODES = 16384              # 131,072 GPUs at 8 per node: beyond any cluster built today
+MAX_GPUS_PER_NODE = 64
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     """nodes x gpus_per_node devices of one profile.  Rank r lives on node r // gpus_per_node.
@@ -40,6 +44,11 @@ class ClusterSpec:
         positive_int(self.nodes, "cluster.nodes")
         positive_int(self.gpus_per_node, "cluster.gpus_per_node")
         positive_int(self.nics_per_node, "cluster.nics_per_node")
+        for name, most in (("nodes", MAX_NODES), ("gpus_per_node", MAX_GPUS_PER_NODE),
+                           ("nics_per_node", MAX_GPUS_PER_NODE)):
+            require(getattr(self, name) <= most, f"cluster.{name}",
+                    f"{getattr(self, name)} is more than {most} (the largest cluster "
+                    "fa-pool plans)")
         require(bool(self.profile), "cluster.profile", "missing")
 
     @property

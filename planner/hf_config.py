@@ -55,8 +55,8 @@ def model_from_hf_config(path: str | Path) -> ModelSpec:
     path = config_path(path)
     raw = read_json(path, "model")
     require(isinstance(raw, dict), "model", f"{path} must hold a JSON object")
-    mtype = str(raw.get("model_type") or "llama")
-    require(mtype in MODEL_TYPES, "config.json.model_type",
+    mtype = raw.get("model_type") or "llama"
+    require(isinstance(mtype, str) and mtype in MODEL_TYPES, "config.json.model_type",
             f"{mtype!r} is not modeled; supported: {', '.join(MODEL_TYPES)}")
     moe_keys = {"mixtral": ("num_local_experts",), "qwen2_moe": ("num_experts",)}
     for key, (default, why) in _UNMODELED.items():
@@ -105,18 +105,18 @@ def _activation(raw: dict, mtype: str) -> str:
     if mtype == "gemma":        # GemmaMLP: act(gate) * up, act from hidden_activation
         act = raw.get("hidden_activation") or raw.get("hidden_act") or "gelu_pytorch_tanh"
         key = "hidden_activation" if raw.get("hidden_activation") else "hidden_act"
-        require(act in _GEMMA_ACTIVATIONS, f"config.json.{key}",
+        require(isinstance(act, str) and act in _GEMMA_ACTIVATIONS, f"config.json.{key}",
                 f"{act!r} is not modeled for gemma (a gated GELU: {_GEMMA_ACTIVATIONS})")
         return "geglu"
     act = raw.get("hidden_act", "silu")
-    require(act in _ACTIVATIONS, "config.json.hidden_act",
+    require(isinstance(act, str) and act in _ACTIVATIONS, "config.json.hidden_act",
             f"{act!r} is not modeled for {mtype} (its MLP is gated: silu)")
     return _ACTIVATIONS[act]
 
 
 def _dtype_bytes(raw: dict) -> int:
     dtype = raw.get("torch_dtype", raw.get("dtype", "bfloat16"))
-    require(dtype in _DTYPES, "config.json.torch_dtype",
+    require(isinstance(dtype, str) and dtype in _DTYPES, "config.json.torch_dtype",
             f"{dtype!r} is not modeled; supported: {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 

@@ -73,6 +73,10 @@ def check_tp(model: ModelSpec, tp: int, field: str) -> None:
 def build_layout(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy) -> Layout:
     """Validate the strategy against model and cluster and assign every rank its role."""
     gpn = cluster.gpus_per_node
+    # before any rank is built: a strategy wider than the cluster is refused in bounded time
+    require(strategy.max_gpus <= cluster.total_gpus, "gpus",
+            f"{strategy.describe()} needs {strategy.max_gpus} GPUs, cluster {cluster.name} "
+            f"has {cluster.total_gpus} ({cluster.nodes} nodes x {gpn})")
     ranks = []
 
     def add(role, stage, index):
@@ -94,7 +98,4 @@ def build_layout(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy) -> 
             add("pool", 0, index)
     else:  # pragma: no cover - strategy_from_dict rejects unknown kinds
         raise InputError("strategy", f"unknown strategy {strategy!r}")
-    require(len(ranks) <= cluster.total_gpus, "gpus",
-            f"{strategy.describe()} needs {len(ranks)} GPUs, cluster {cluster.name} has "
-            f"{cluster.total_gpus} ({cluster.nodes} nodes x {gpn})")
     return Layout(model, cluster, strategy, tuple(ranks))

@@ -6,6 +6,7 @@ One process per role (base, pool), one thread per unit and stream (compute, comm
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def write_trace(result: SimResult, path: str | Path) -> int:
         tmp.write_text(json.dumps({"traceEvents": events, "displayTimeUnit": "ms"}))
         tmp.replace(path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):     # the temp file may not be creatable at all
+            tmp.unlink(missing_ok=True)
         raise InputError("--trace", f"cannot write {path}: {err.strerror or err}") from None
     return sum(1 for e in events if e["ph"] == "X")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from calibration.errors import InputError, require
+from calibration.errors import MAX_INT, InputError, require
 from planner.workload import DEFAULT_OUTPUT_LEN
 
 FIELDS = ("arrival_s", "input_len", "output_len")
@@ -59,13 +59,20 @@ class Bucket:
 
 @dataclass(frozen=True)
 class RequestWorkload:
-    """The requests of a trace or mix (sorted by arrival); name says where they came from."""
+    """The requests of a trace or mix (sorted by arrival); name says where they came from.
+    A trace longer than MAX_SIMULATED_REQUESTS is planned on a sample of its rows
+    (load_trace); rows is then how many were read."""
 
     name: str
     requests: tuple
+    rows: int = 0                    # rows read (0: len(requests), nothing sampled)
 
     def __post_init__(self):
         require(len(self.requests) > 0, "workload", f"{self.name}: no requests")
+
+    @property
+    def sampled(self) -> bool:
+        return self.rows > len(self.requests)
 
     @property
     def duration_s(self) -> float:
@@ -86,27 +93,19 @@ class RequestWorkload:
         t0, k = self.requests[0].arrival_s, self.rate / rate
         return RequestWorkload(f"{self.name} @ {rate:g}/s", tuple(
             Request(t0 + (r.arrival_s - t0) * k, r.input_len, r.output_len)
-            for r in self.requests))
+            for r in self.requests), self.rows)
 
     def buckets(self) -> list:
-        groups: dict = {}
+        tally = BucketTally()
         for r in self.requests:
-            k = max(0, int(math.floor(math.log2(r.input_len))))
-            groups.setdefault(k, []).append(r)
-        n = len(self.requests)
-        out = []
-        for k in sorted(groups):
-            rs = groups[k]
-            out.append(Bucket(lo=2 ** k, hi=2 ** (k + 1),
-                              input_len=math.ceil(sum(r.input_len for r in rs) / len(rs)),
-                              max_input=max(r.input_len for r in rs),
-                              output_len=math.ceil(sum(r.output_len for r in rs) / len(rs)),
-                              count=len(rs), weight=len(rs) / n))
-        return out
+            tally.add(r)
+        return tally.buckets()
 
     def summary(self) -> dict:
         lens = np.array([r.input_len for r in self.requests])
-        return {"name": self.name, "requests": len(self.requests),
+        sampled = ({"rows_read": self.rows, "sampled": len(self.requests)}
+                   if self.sampled else {})
+        return {"name": self.name, "requests": len(self.requests), **sampled,
                 "duration_s": round(self.duration_s, 3),
                 "input_len": {"min": int(lens.min()), "p50": int(np.percentile(lens, 50)),
                               "p90": int(np.percentile(lens, 90)), "max": int(lens.max())},
@@ -115,43 +114,77 @@ class RequestWorkload:
                              "weight": round(b.weight, 4)} for b in self.buckets()]}
 
 
+class BucketTally:
+    """Buckets accumulated one request at a time (a streamed trace holds no list); the
+    longest request of each bucket is kept."""
+
+    def __init__(self):
+        self.groups: dict = {}          # k -> [count, sum input, max input, sum output]
+        self.longest: dict = {}         # k -> the first request of the bucket's max input
+        self.n = 0
+
+    def add(self, r: Request) -> None:
+        k = max(0, int(math.floor(math.log2(r.input_len))))
+        g = self.groups.setdefault(k, [0, 0, 0, 0])
+        g[0] += 1
+        g[1] += r.input_len
+        if r.input_len > g[2]:
+            g[2] = r.input_len
+            self.longest[k] = r
+        g[3] += r.output_len
+        self.n += 1
+
+    def buckets(self) -> list:
+        return [Bucket(lo=2 ** k, hi=2 ** (k + 1), input_len=math.ceil(s_in / count),
+                       max_input=top, output_len=math.ceil(s_out / count), count=count,
+                       weight=count / self.n)
+                for k, (count, s_in, top, s_out) in sorted(self.groups.items())]
+
+
 # ------------------------------------------------------------------ traces
-def _number(raw, where: str, integer: bool):
+MAX_SIMULATED_REQUESTS = 2048    # a longer trace is simulated on a uniform sample this big
+MAX_TRACE_BYTES = 1 << 30       # 1 GiB: ~30 million rows of a CSV trace
+
+
+def _number(raw, where: str, integer: bool, typed: bool):
+    """A trace field.  typed (JSONL): the JSON value itself must be a number, an integer
+    where one is meant (true, "512" and 512.0 are refused); CSV: the text is parsed, an
+    integer field must be written as one."""
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         raise InputError(where, "missing")
+    if typed:
+        kinds = (int,) if integer else (int, float)
+        require(isinstance(raw, kinds) and not isinstance(raw, bool), where,
+                f"must be {'an integer' if integer else 'a number'}, got {raw!r}")
+    elif integer:
+        require(raw.strip().isdigit(), where, f"must be a positive integer, got {raw!r}")
     try:
         value = float(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(where, f"not a number: {raw!r}") from None
     if not math.isfinite(value):
         raise InputError(where, f"must be finite, got {raw!r}")
     if integer:
         if not value.is_integer() or value <= 0:
             raise InputError(where, f"must be a positive integer, got {raw!r}")
+        require(value <= MAX_INT, where, f"{raw!r} is more than 2^40")
         return int(value)
     if value < 0:
         raise InputError(where, f"must be >= 0, got {raw!r}")
     return value
 
 
-def _request(row: dict, where: str) -> Request:
-    return Request(_number(row.get("arrival_s"), f"{where}.arrival_s", False),
-                   _number(row.get("input_len"), f"{where}.input_len", True),
-                   _number(row.get("output_len"), f"{where}.output_len", True))
+def _request(row: dict, where: str, typed: bool) -> Request:
+    unknown = sorted(str(k) for k in set(row) - set(FIELDS))
+    require(not unknown, where, f"unknown keys {unknown}; a row holds {', '.join(FIELDS)}")
+    return Request(*(_number(row.get(f), f"{where}.{f}", f != "arrival_s", typed)
+                     for f in FIELDS))
 
 
-def load_trace(path: str | Path) -> RequestWorkload:
-    """Read a CSV or JSONL trace; bad rows raise InputError naming file, row and field."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise InputError("workload", f"no such file: {path}") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError("workload", f"cannot read {path} ({err.__class__.__name__})") from None
-    requests = []
+def _rows(path: Path, fh):
+    """(where, Request) of every row of an open CSV or JSONL trace, streamed."""
     if path.suffix.lower() in (".jsonl", ".ndjson"):
-        for i, line in enumerate(text.splitlines(), start=1):
+        for i, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
@@ -159,19 +192,68 @@ def load_trace(path: str | Path) -> RequestWorkload:
             except json.JSONDecodeError:
                 raise InputError(f"{path.name} line {i}", "not valid JSON") from None
             require(isinstance(row, dict), f"{path.name} line {i}", "must be a JSON object")
-            requests.append(_request(row, f"{path.name} line {i}"))
-    else:
-        reader = csv.DictReader(text.splitlines())
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [f for f in FIELDS if f not in header]
-        require(not missing, f"{path.name} header",
-                f"missing column(s) {missing}; expected {','.join(FIELDS)}")
-        reader.fieldnames = header
-        for i, row in enumerate(reader, start=2):     # line 1 is the header
-            requests.append(_request(row, f"{path.name} row {i}"))
-    require(bool(requests), "workload", f"{path} holds no requests")
-    requests.sort(key=lambda r: r.arrival_s)
-    return RequestWorkload(path.name, tuple(requests))
+            yield _request(row, f"{path.name} line {i}", True)
+        return
+    reader = csv.reader(fh)
+    header = [h.strip() for h in next(reader, [])]
+    missing = [f for f in FIELDS if f not in header]
+    require(not missing, f"{path.name} header",
+            f"missing column(s) {missing}; expected {','.join(FIELDS)}")
+    extra = [h for h in header if h not in FIELDS]
+    require(not extra, f"{path.name} header",
+            f"unknown column(s) {extra}; expected {','.join(FIELDS)}")
+    for i, values in enumerate(reader, start=2):     # line 1 is the header
+        if not values:
+            continue
+        require(len(values) <= len(header), f"{path.name} row {i}",
+                f"more fields than the header's {len(header)}")
+        yield _request(dict(zip(header, values)), f"{path.name} row {i}", False)
+
+
+def load_trace(path: str | Path, sample: int = MAX_SIMULATED_REQUESTS) -> RequestWorkload:
+    """Read a CSV or JSONL trace, streamed row by row (memory bounded by `sample`); bad
+    rows raise InputError naming file, row and field.  The requests are every row, or
+    beyond `sample` rows a uniform sample of them (reservoir sampling, Vitter's algorithm
+    R, seeded: the same trace gives the same sample) plus the longest request of every
+    length bucket the sample missed (memory is planned for the longest input), with
+    arrivals compressed about the first by (kept - 1) / (rows - 1), so the sample arrives
+    at the trace's mean rate.  The workload's name says so; workload.csv (`fapool plan`)
+    holds the sample, so a re-simulation sees what the search saw."""
+    path = Path(path)
+    require(path.exists(), "workload", f"no such file: {path}")
+    require(path.is_file(), "workload", f"{path} is not a regular file")  # /dev/zero, a FIFO
+    size = path.stat().st_size
+    require(size <= MAX_TRACE_BYTES, "workload",
+            f"{path} is {size:,} bytes; a trace may hold at most {MAX_TRACE_BYTES:,}")
+    rng = np.random.default_rng(0)
+    tally, kept, first, last = BucketTally(), [], math.inf, -math.inf
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            for r in _rows(path, fh):
+                tally.add(r)
+                first, last = min(first, r.arrival_s), max(last, r.arrival_s)
+                if len(kept) < sample:
+                    kept.append(r)
+                else:
+                    j = int(rng.integers(tally.n))
+                    if j < sample:
+                        kept[j] = r
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError("workload", f"cannot read {path} ({err.__class__.__name__})") from None
+    except csv.Error as err:
+        raise InputError("workload", f"{path.name} is not valid CSV ({err})") from None
+    require(bool(kept), "workload", f"{path} holds no requests")
+    if tally.n <= sample:
+        return RequestWorkload(path.name, tuple(sorted(kept, key=lambda r: r.arrival_s)))
+    have = {id(r) for r in kept}
+    kept += [r for _, r in sorted(tally.longest.items()) if id(r) not in have
+             and not any(q.input_len == r.input_len for q in kept)]
+    kept.sort(key=lambda r: r.arrival_s)
+    k = (len(kept) - 1) / (tally.n - 1)
+    requests = tuple(Request(first + (r.arrival_s - first) * k, r.input_len, r.output_len)
+                     for r in kept)
+    return RequestWorkload(f"{path.name} ({tally.n:,} rows read; planned on a uniform sample "
+                           f"of {len(requests):,} at the trace's rate)", requests, tally.n)
 
 
 def save_trace(workload: RequestWorkload, path: str | Path) -> None:

@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 import pytest
 
 from calibration.errors import InputError
@@ -90,3 +92,30 @@ def test_plan_cli_bad_trace_one_line_exit_2_nothing_written(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "row 3.input_len" in err[0]
     assert not out.exists()
+
+
+def test_a_long_trace_is_streamed_into_a_sample_at_its_rate(tmp_path):
+    """Past `sample` rows the requests are a seeded uniform sample plus each bucket's
+    longest request, arriving at the trace's mean rate; rows read are reported; a trace
+    within the bound is read whole."""
+    rng = np.random.default_rng(3)
+    n = 5000
+    arrivals = np.cumsum(rng.exponential(0.01, n))            # ~100 requests/s
+    lens = rng.integers(16, 4000, n)
+    lens[1234] = 8191                                          # the longest, one row
+    path = tmp_path / "t.csv"
+    path.write_text("arrival_s,input_len,output_len\n" + "".join(
+        f"{a:.6f},{i},8\n" for a, i in zip(arrivals, lens)))
+    full = load_trace(path, sample=n)
+    assert len(full.requests) == n and not full.sampled and full.rows == 0
+    part = load_trace(path, sample=200)
+    assert part.rows == n and part.sampled and "5,000 rows read" in part.name
+    assert 200 <= len(part.requests) <= 200 + len(full.buckets())
+    assert part.requests == load_trace(path, sample=200).requests          # seeded
+    assert max(r.input_len for r in part.requests) == 8191
+    assert {b.max_input for b in part.buckets()} == {b.max_input for b in full.buckets()}
+    assert part.rate == pytest.approx(full.rate, rel=0.15)
+    assert part.summary()["rows_read"] == n
+    # the sample's length mix is the trace's, within sampling error
+    mean = np.mean([r.input_len for r in part.requests])
+    assert mean == pytest.approx(np.mean(lens), rel=0.15)

@@ -8,7 +8,9 @@ line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 
 from calibration.errors import InputError
@@ -55,6 +57,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("fapool: interrupted\n")
         return 130
+    except BrokenPipeError:
+        # the reader went away (`fapool ... | head`): stop quietly as shell tools do, and
+        # point stdout at /dev/null so the interpreter's last flush cannot fail again
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

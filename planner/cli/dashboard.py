@@ -13,10 +13,11 @@ from calibration.errors import InputError, require
 from planner.cli import options
 
 EPILOG = """example:
-  fapool dashboard                      # http://localhost:8501, opens a browser
+  fapool dashboard                      # http://127.0.0.1:8501 (this machine only)
   fapool dashboard --port 8600 --headless --address 127.0.0.1
 """
 APP = Path(__file__).resolve().parents[2] / "app.py"
+LOCAL = "127.0.0.1"
 
 
 def register(subparsers) -> None:
@@ -26,12 +27,15 @@ def register(subparsers) -> None:
                    help="port to serve on (default 8501)")
     p.add_argument("--headless", action="store_true",
                    help="do not open a browser (servers, CI)")
-    p.add_argument("--address", default=None,
-                   help="address to bind (default: Streamlit's, all interfaces)")
+    p.add_argument("--address", default=LOCAL,
+                   help="address to bind (default %(default)s: this machine only; the "
+                        "dashboard runs simulations and reads files for whoever reaches "
+                        "it, so serving other machines, e.g. --address 0.0.0.0, is your "
+                        "choice to make)")
     p.set_defaults(handler=run)
 
 
-def streamlit_command(port: int, headless: bool, address: str | None = None,
+def streamlit_command(port: int, headless: bool, address: str = LOCAL,
                       app: Path = APP) -> list:
     """The `streamlit run app.py ...` command line (validated)."""
     require(1 <= port <= 65535, "--port", f"must be in 1..65535, got {port}")
@@ -42,15 +46,14 @@ def streamlit_command(port: int, headless: bool, address: str | None = None,
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
     if headless:
         cmd += ["--server.headless", "true"]
-    if address:
-        cmd += ["--server.address", address]
+    cmd += ["--server.address", address or LOCAL]
     return cmd
 
 
 def check_bind(port: int, address: str | None) -> None:
     """Refuse a port that is taken or an address this machine cannot bind, before Streamlit
     starts (it would print its own traceback)."""
-    host = address or "0.0.0.0"
+    host = address or LOCAL
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from calibration.errors import InputError
+from calibration.errors import MAX_INT, InputError
 from planner.cluster import ClusterSpec, resolve_cluster
 from planner.hf_config import resolve_model
 from planner.model import KV_PRECISIONS, PRECISIONS, ModelSpec
@@ -17,10 +17,14 @@ class Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 def _int(text: str) -> int:
+    """An integer flag: at most 2^40 in size (calibration.errors.MAX_INT)."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if abs(value) > MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text} is more than 2^40")
+    return value
 
 
 def add_model_options(p: argparse.ArgumentParser, default_model: str = "paper-4l",

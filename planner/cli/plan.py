@@ -90,6 +90,8 @@ def register(subparsers) -> None:
 
 def _check_out(out: Path, force: bool) -> None:
     """Refuse an --out that cannot take the plan, before any work is done."""
+    if out.is_symlink() and not out.exists():
+        raise InputError("--out", f"{out} is a symbolic link to nothing")
     if out.exists() and not out.is_dir():
         raise InputError("--out", f"{out} exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not force:
@@ -236,6 +238,8 @@ def run(args) -> int:
         (tmp / "search.json").write_text(json.dumps({**summary, "all": result.candidates}))
         save_trace(workload, tmp / "workload.csv")
         _publish(tmp, out)
+    except OSError as err:
+        raise InputError("--out", f"cannot write {out}: {err.strerror or err}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -270,6 +274,8 @@ def _slo_lines(result, plan: dict) -> list:
 
 def format_summary(result, rates: list) -> str:
     lines = [result.headline()]
+    if result.workload.get("rows_read"):
+        lines.insert(0, f"workload {result.workload['name']}")
     p = result.chosen or result.closest
     if result.chosen is None:
         lines.append(f"NO PLAN: {result.reason}")

@@ -272,13 +272,14 @@ def serve_selected(sc: Scenario, serve_fn=serve) -> dict:
 def store_comparison(path: str | Path) -> dict:
     """Executor runs in the store at path: predicted (the plan's predictions, kept in the
     run's meta) vs measured (median of e2e_prefill / e2e_decode samples), in ms.
-    Never creates a store: a missing file gives no rows and says so."""
+    Never creates or writes a store: a missing file gives no rows and says so; any other
+    file opens read-only and must be an fa-pool store (InputError otherwise)."""
     from calibration.store import Store
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         return {"rows": [], "runs": 0, "note": f"no measurement store at {path}"}
-    store = Store(path)
+    store = Store(path, readonly=True)
     try:
         runs = store.runs(kind="executor", status="complete")
         rows, unpredicted = [], 0

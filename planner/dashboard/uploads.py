@@ -15,10 +15,8 @@ import json
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from calibration.errors import InputError, require
-from calibration.profile import Profile
+from calibration.profile import Profile, parse_yaml
 from planner.cluster import ClusterSpec
 from planner.dashboard.scenario import require_links
 from planner.hf_config import model_from_hf_config
@@ -66,14 +64,7 @@ def model_from_upload(data: bytes) -> ModelSpec:
 # ------------------------------------------------------------------ profile
 def profile_from_upload(data: bytes, cluster: ClusterSpec | None = None) -> Profile:
     """A profile YAML from bytes; with a cluster, also checks it has the cluster's links."""
-    text = _text(data, "profile")
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise InputError("profile", f"not valid YAML{where}") from None
-    profile = Profile.from_dict(raw)
+    profile = Profile.from_dict(parse_yaml(_text(data, "profile"), "profile"))
     if cluster is not None:
         require_links(profile, cluster)
     return profile
