@@ -81,6 +81,32 @@ CREATE INDEX samples_op ON samples(op);
 """
 
 
+# How long a store waits for another process's lock before giving up with one line (SQLite's
+# busy timeout); FAPOOL_STORE_WAIT_S overrides it.
+BUSY_TIMEOUT_S = 30.0
+
+
+def busy_timeout_s() -> float:
+    import os
+
+    try:
+        return max(0.0, float(os.environ.get("FAPOOL_STORE_WAIT_S", BUSY_TIMEOUT_S)))
+    except ValueError:
+        raise InputError("FAPOOL_STORE_WAIT_S", "must be a number of seconds") from None
+
+
+@contextlib.contextmanager
+def _unlocked(path: Path, wait_s: float):
+    """SQLite's 'database is locked' after the busy timeout -> one InputError line."""
+    try:
+        yield
+    except sqlite3.OperationalError as err:
+        if "locked" in str(err) or "busy" in str(err):
+            raise InputError("store", f"{path} is locked by another process (waited "
+                             f"{wait_s:g} s; FAPOOL_STORE_WAIT_S sets how long)") from None
+        raise
+
+
 def default_store_path() -> Path:
     """<user data dir>/fa-pool/measurements.sqlite (platformdirs)."""
     import platformdirs
@@ -150,19 +176,22 @@ class Store:
     def __init__(self, path: str | Path | None = None, readonly: bool = False):
         self.path = Path(path) if path is not None else default_store_path()
         self.readonly = readonly
+        self.wait_s = busy_timeout_s()
         self._check_file()
         try:
             if readonly:
                 uri = f"{self.path.resolve().as_uri()}?mode=ro"
-                self._conn = sqlite3.connect(uri, uri=True, timeout=30.0,
+                self._conn = sqlite3.connect(uri, uri=True, timeout=self.wait_s,
                                              isolation_level=None)
                 self._conn.execute("PRAGMA query_only = ON")
-                self._open()
+                with self._unlocked():
+                    self._open()
                 return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            self._conn = sqlite3.connect(self.path, timeout=self.wait_s, isolation_level=None)
             self._conn.execute("PRAGMA foreign_keys = ON")
-            self._open()
+            with self._unlocked():
+                self._open()
         except sqlite3.DatabaseError as err:
             raise InputError("store", f"{self.path} is not a usable fa-pool store ({err})"
                              ) from None
@@ -171,6 +200,9 @@ class Store:
                              ) from None
 
     # ------------------------------------------------------------ opening and validation
+    def _unlocked(self):
+        return _unlocked(self.path, self.wait_s)
+
     def _check_file(self) -> None:
         if self.path.is_dir():
             raise InputError("store", f"{self.path} is a directory, not a database file")
@@ -248,13 +280,15 @@ class Store:
         except (TypeError, ValueError) as err:
             raise InputError("run.meta", f"not JSON-serialisable ({err})") from None
         conn = self._conn
-        cur = conn.execute(
-            "INSERT INTO runs (kind, fingerprint, cpu_model, gpu_model, device_count, "
-            "torch_version, backend, world_size, plan_id, started, status, meta) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
-            (kind, json.dumps(fp, sort_keys=True), fp.get("cpu_model"), fp.get("gpu_model"),
-             int(fp.get("gpu_count") or device_count or 0), torch_version, backend,
-             world_size, plan_id, _now(), meta_json))  # autocommit: the run row is durable
+        with self._unlocked():
+            cur = conn.execute(
+                "INSERT INTO runs (kind, fingerprint, cpu_model, gpu_model, device_count, "
+                "torch_version, backend, world_size, plan_id, started, status, meta) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?)",
+                (kind, json.dumps(fp, sort_keys=True), fp.get("cpu_model"),
+                 fp.get("gpu_model"), int(fp.get("gpu_count") or device_count or 0),
+                 torch_version, backend, world_size, plan_id, _now(), meta_json))
+            # autocommit: the run row is durable
         run = Run(cur.lastrowid)
         try:
             yield run
@@ -265,7 +299,8 @@ class Store:
 
     def _close_run(self, run: Run, status: str) -> None:
         conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
+        with self._unlocked():
+            conn.execute("BEGIN IMMEDIATE")
         try:
             conn.executemany(
                 "INSERT INTO samples (run_id, op, params, dtype, times_s, median_s, spread, "
@@ -284,8 +319,9 @@ class Store:
             query, args = query + " AND kind = ?", args + [kind]
         if status is not None:
             query, args = query + " AND status = ?", args + [status]
-        return _dicts(self._conn.execute(query + " ORDER BY id", args),
-                      ("fingerprint", "meta"))
+        with self._unlocked():
+            return _dicts(self._conn.execute(query + " ORDER BY id", args),
+                          ("fingerprint", "meta"))
 
     def samples(self, op: str | None = None, run_id: int | None = None,
                 kind: str | None = None, plan_id: str | None = None,
@@ -302,8 +338,9 @@ class Store:
                 args.append(value)
         if not include_incomplete:
             query += " AND r.status = 'complete'"
-        return _dicts(self._conn.execute(query + " ORDER BY s.id", args),
-                      ("params", "times_s"))
+        with self._unlocked():
+            return _dicts(self._conn.execute(query + " ORDER BY s.id", args),
+                          ("params", "times_s"))
 
 
 def _dicts(cursor, json_columns: tuple) -> list[dict]:

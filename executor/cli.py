@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from calibration.errors import InputError
-from planner.cli.options import (Formatter, add_cluster_options, add_model_options,
+from planner.cli.options import (Formatter, _int, add_cluster_options, add_model_options,
                                  add_strategy_options, add_workload_options, specs_from_args)
 
 EPILOG = """examples:
@@ -28,8 +28,8 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
 
 
@@ -45,10 +45,10 @@ def register(subparsers) -> None:
     p.add_argument("--plan", action="append", default=None,
                    help="plan.json from `fapool plan` / simulate; repeat to run several plans "
                         "of one world size in one process group, their requests alternating")
-    p.add_argument("--nproc", type=int, default=None,
+    p.add_argument("--nproc", type=_int, default=None,
                    help="local processes; must equal the plan's world size (default: it)")
-    p.add_argument("--steps", type=int, default=3, help="timed requests (default 3)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed requests first (default 1)")
+    p.add_argument("--steps", type=_int, default=3, help="timed requests (default 3)")
+    p.add_argument("--warmup", type=_int, default=1, help="untimed requests first (default 1)")
     p.add_argument("--verify", action="store_true",
                    help="compare logits and every layer's attention output with the "
                         "single-process reference; fail over tolerance")
@@ -63,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-store", action="store_true", help="do not write measurements")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                    help="on-the-fly plans: default float32 on CPU, bfloat16 on CUDA")
-    p.add_argument("--seed", type=int, default=0, help="weights / prompt seed (on-the-fly)")
+    p.add_argument("--seed", type=_int, default=0, help="weights / prompt seed (on-the-fly)")
     add_model_options(p, default_model="tiny", precision=False)
     add_cluster_options(p, default_cluster="local")
     add_workload_options(p, default_seq=64)

@@ -31,6 +31,32 @@ from pathlib import Path
 from executor.measure import COMM, DONE, STATES, create_heartbeat, read_heartbeats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+KEEP_FAILED_RUNS = 20            # logs of the newest failed runs kept (run_logs_dir)
+
+
+def run_logs_dir() -> Path:
+    """Where a failed run's logs go: <user state dir>/fa-pool/failed-runs (platformdirs);
+    FAPOOL_RUN_LOGS overrides it (tests)."""
+    import platformdirs
+
+    return Path(os.environ.get("FAPOOL_RUN_LOGS")
+                or Path(platformdirs.user_state_dir("fa-pool")) / "failed-runs")
+
+
+def _keep_logs(run_dir: Path) -> Path | None:
+    """Move a failed run's dir out of the temp area into run_logs_dir() (the newest
+    KEEP_FAILED_RUNS kept); None (and the dir removed) if it cannot be moved."""
+    try:
+        logs = run_logs_dir()
+        logs.mkdir(parents=True, exist_ok=True)
+        kept = Path(shutil.move(str(run_dir), logs / run_dir.name))
+        for old in sorted(logs.glob("fapool-run-*"), key=lambda p: p.stat().st_mtime)[
+                :-KEEP_FAILED_RUNS]:
+            shutil.rmtree(old, ignore_errors=True)
+        return kept
+    except OSError:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return None
 POLL_S, MONITOR_S = 0.05, 0.25   # our PID poll runs faster than torchrun's, to see zombies
 FAIL_GRACE_S = 10.0              # after a rank dies, torchrun gets this long to end the run
 
@@ -40,8 +66,9 @@ class LaunchResult:
     ok: bool
     results: list = field(default_factory=list)    # rank 0's per-case summaries
     error: str = ""                                # one line naming the rank
-    run_dir: str = ""
+    run_dir: str = ""                              # a failed run's logs (run_logs_dir)
     pids: list = field(default_factory=list)       # the ranks', then torchrun's
+    temp_dir: str = ""                             # the run's temp dir (removed at the end)
 
 
 def _proc_state(pid: int):
@@ -121,7 +148,9 @@ def _blame_failure(run_dir: Path, pids: dict, dead: dict, code: int | None) -> s
         r = min(errors, key=lambda k: errors[k]["time"])
         return f"rank {r} failed: {errors[r]['error']}"
     last = (log.strip().splitlines() or ["no output"])[-1][:200]
-    ended = "is still running" if code is None else f"exited with status {code}"
+    ended = ("is still running" if code is None else
+             f"was {_status_text(code, wait_status=False)}" if code < 0 else
+             f"exited with status {code}")
     return f"torchrun {ended} and no rank reported a failure: {last}"
 
 
@@ -161,7 +190,7 @@ def launch(plan_paths: list, nproc: int, timeout: float, args: list = (),
                                  stdin=subprocess.DEVNULL, cwd=REPO_ROOT,
                                  start_new_session=True)
     pids, dead = {}, {}                  # rank -> PID; rank -> (seen dead at, wait status)
-    res = LaunchResult(False, run_dir=str(run_dir))
+    res = LaunchResult(False, run_dir=str(run_dir), temp_dir=str(run_dir))
     fail_by = None                       # set when a rank is seen dead with a failure
     try:
         while True:
@@ -184,12 +213,15 @@ def launch(plan_paths: list, nproc: int, timeout: float, args: list = (),
                 res.error = _blame_timeout(run_dir, nproc, timeout)
                 break
             time.sleep(POLL_S)
-        if not res.ok:
-            res.error += f" [logs: {run_dir}]"
         return res
-    finally:
+    finally:              # also on KeyboardInterrupt (SIGINT of `fapool run`)
         _read_pids(run_dir, nproc, pids)
         res.pids = [pids[r] for r in sorted(pids)] + [agent.pid]
         _terminate(agent, res.pids[:-1])
-        if res.ok:           # a failed run's dir stays: the error line names it
+        if res.ok:
             shutil.rmtree(run_dir, ignore_errors=True)
+        else:                # no temp dir is left: a failed run's logs move to run_logs_dir
+            kept = _keep_logs(run_dir)
+            res.run_dir = str(kept or "")
+            if res.error:
+                res.error += f" [logs: {kept}]" if kept else ""

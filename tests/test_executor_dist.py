@@ -140,12 +140,13 @@ def fault_plan(tmp_path_factory):
 @pytest.mark.parametrize("fault,rank,words", [("raise", 2, "failed: RuntimeError: injected"),
                                               ("exit", 1, "died (exit status 3)"),
                                               ("hang", 3, "stalled")])
-def test_fault_ends_run_naming_rank(fault_plan, fault, rank, words):
+def test_fault_ends_run_naming_rank(fault_plan, fault, rank, words, tmp_path, monkeypatch):
     """The run ends within the timeout plus the kill grace.  Measured over 10 runs with
     two CPU-bound processes beside it: the hang ends 20.36-20.46 s after launch (at most
     0.46 s past the 20 s timeout), raise and exit 3.8-4.3 s; the bound allows 20 s past
     the timeout (40 s, about 2x the worst elapsed)."""
     timeout = 20.0
+    monkeypatch.setenv("FAPOOL_RUN_LOGS", str(tmp_path / "logs"))
     t0 = time.monotonic()
     res = launch([fault_plan], 4, timeout, ["--steps", "1"],
                  env={"FAPOOL_FAULT": f"{fault}:{rank}"})
@@ -156,8 +157,9 @@ def test_fault_ends_run_naming_rank(fault_plan, fault, rank, words):
     assert elapsed < timeout + 20
     assert len(res.pids) == 5         # 4 ranks, then torchrun (the launch went through it)
     assert not any(_alive(pid) for pid in res.pids)
-    assert not _strays(res.run_dir)
-    run_dir = Path(res.run_dir)
+    assert not _strays(res.temp_dir) and not Path(res.temp_dir).exists()
+    run_dir = Path(res.run_dir)                 # the logs, moved out of the temp area
+    assert run_dir.parent == tmp_path / "logs" and str(run_dir) in res.error
     assert "torch.distributed.elastic" in (run_dir / "torchrun.log").read_text()
     assert all((run_dir / f"rank{r}.log").is_file() for r in range(4))
     if fault == "raise":              # the traceback lands in the rank's own log

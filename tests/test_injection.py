@@ -60,11 +60,12 @@ def test_an_hf_config_name_is_refused_in_one_line_with_exit_2(payload, tmp_path,
 def _forced(name: str):
     """A plan whose model and cluster names bypassed validation (as if a writer received
     them some other way): the writers alone must hold."""
-    plan = make_plan(PRESETS["tiny"], resolve_cluster("local"),
-                     FAPoolStrategy(base_tp=1, threshold=16, max_pool=2), Workload(2, 256, 4),
-                     load_profile("local"))
-    object.__setattr__(plan.model, "name", name)
-    object.__setattr__(plan.cluster, "name", name)
+    model, cluster = replace(PRESETS["tiny"]), replace(resolve_cluster("local"))  # copies:
+    plan = make_plan(model, cluster, FAPoolStrategy(base_tp=1, threshold=16, max_pool=2),
+                     Workload(2, 256, 4), load_profile("local"))     # the presets stay as
+    object.__setattr__(model, "name", name)                          # they are
+    object.__setattr__(cluster, "name", name)
+    assert plan.model is model and PRESETS["tiny"].name == "tiny"
     return plan
 
 
