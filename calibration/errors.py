@@ -66,15 +66,24 @@ def positive_float(value, field: str) -> float:
     return number
 
 
+MAX_JSON_BYTES = 64 << 20     # plan.json, config.json: a plan with its profile is ~100 KB
+
+
 def read_json(path, field: str):
-    """Parse a JSON file; a missing or malformed file is an InputError naming field."""
+    """Parse a JSON file of at most MAX_JSON_BYTES; a missing, special (/dev/zero, a FIFO),
+    oversized or malformed file is an InputError naming field."""
     import json
     from pathlib import Path
 
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        require(path.is_file(), field, f"{path} is not a regular file")
+        size = path.stat().st_size
+        require(size <= MAX_JSON_BYTES, field,
+                f"{path} is {size:,} bytes; at most {MAX_JSON_BYTES:,}")
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, IsADirectoryError):
         raise InputError(field, f"no such file: {path}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise InputError(field, f"{path} is not valid JSON ({err.__class__.__name__})") from None

@@ -189,7 +189,7 @@ def _rows(path: Path, fh):
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise InputError(f"{path.name} line {i}", "not valid JSON") from None
             require(isinstance(row, dict), f"{path.name} line {i}", "must be a JSON object")
             yield _request(row, f"{path.name} line {i}", True)

@@ -200,3 +200,24 @@ def test_the_dashboards_store_box_opens_only_fa_pool_stores_and_writes_nothing(t
         Store(ours, readonly=True)._conn.execute("CREATE TABLE x (y)")
     assert (ours.stat().st_mtime_ns, ours.stat().st_size) == before
     assert not [p for p in os.listdir(tmp_path) if p.startswith("ours.sqlite-")]
+
+
+def test_head_dim_zero_and_deep_or_special_json_are_refused(tmp_path, capsys):
+    cfg = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 512,
+           "vocab_size": 1000, "head_dim": 0}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    one_line_exit_2(["simulate", "--model", str(tmp_path / "config.json"), "--cluster",
+                     "local", "--tp", "1", "--seq-len", "64", "--batch", "1"], capsys,
+                    "head_dim")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    one_line_exit_2(["requests", "--plan", str(deep)], capsys, "not valid JSON")
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    one_line_exit_2(["requests", "--plan", str(zero)], capsys, "not a regular file")
+    deep_trace = tmp_path / "t.jsonl"
+    deep_trace.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    one_line_exit_2(["plan", "--model", "tiny", "--cluster", "local", "--gpus", "2",
+                     "--workload", str(deep_trace), "--out", str(tmp_path / "o")], capsys,
+                    "not valid JSON")

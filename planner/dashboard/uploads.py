@@ -46,6 +46,8 @@ def model_from_upload(data: bytes) -> ModelSpec:
     except json.JSONDecodeError as err:
         raise InputError("config.json", f"not valid JSON (line {err.lineno}: {err.msg})"
                          ) from None
+    except RecursionError:
+        raise InputError("config.json", "not valid JSON (nested too deeply)") from None
     require(isinstance(raw, dict), "config.json", "must hold a JSON object")
     if "layers" in raw and "hidden" in raw:        # fa-pool's own ModelSpec.to_dict()
         try:
