@@ -136,19 +136,24 @@ def _paths(d, prefix=()):
         yield from _paths(v, prefix + (k,))
 
 
+def _with(base: dict, where: tuple, value) -> dict:
+    """A deep copy of base with the value at key path `where` replaced."""
+    raw = copy.deepcopy(base)
+    node = raw
+    for k in where[:-1]:
+        node = node[k]
+    node[where[-1]] = value
+    return raw
+
+
 PROFILE_PATHS = [p for p in _paths(PROFILE) if p[0] != "provenance"][:400]
 
 
 @FAST
 @given(where=st.sampled_from(PROFILE_PATHS), value=JSON_VALUES)
 def test_profile_parser(where, value):
-    raw = copy.deepcopy(PROFILE)
-    node = raw
-    for k in where[:-1]:
-        node = node[k]
-    node[where[-1]] = value
     try:
-        Profile.from_dict(raw)
+        Profile.from_dict(_with(PROFILE, where, value))
     except InputError:
         pass
 
@@ -199,13 +204,8 @@ PLAN_PATHS = [p for p in _paths(PLAN) if p[0] != "profile"][:300]
 @FAST
 @given(where=st.sampled_from(PLAN_PATHS), value=JSON_VALUES)
 def test_plan_parser(where, value):
-    raw = copy.deepcopy(PLAN)
-    node = raw
-    for k in where[:-1]:
-        node = node[k]
-    node[where[-1]] = value
     try:
-        plan_from_dict(raw)
+        plan_from_dict(_with(PLAN, where, value))
     except InputError:
         pass
 
