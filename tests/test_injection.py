@@ -112,3 +112,15 @@ def test_out_dirs_with_unsafe_names_do_not_reach_the_files(tmp_path, capsys):
         assert "pwned" not in (out / "report.html").read_text()
     assert texts[0] == texts[1]
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_hostile_trace_name_is_escaped_in_the_report(tmp_path, capsys):
+    """The trace's file name is the workload's name, shown in report.html's title."""
+    trace = tmp_path / "x<img src=x onerror=alert(1)>'$(id).csv"
+    trace.write_text("arrival_s,input_len,output_len\n0,128,4\n0.5,256,4\n")
+    out = tmp_path / "out"
+    assert main(["plan", "--model", "tiny", "--cluster", "local", "--gpus", "2",
+                 "--workload", str(trace), "--batch", "2", "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    html = (out / "report.html").read_text()
+    assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
