@@ -69,6 +69,16 @@ def positive_float(value, field: str) -> float:
 MAX_JSON_BYTES = 64 << 20     # plan.json, config.json: a plan with its profile is ~100 KB
 
 
+def check_file(path, field: str, max_bytes: int, what: str = "") -> None:
+    """Before a file is read: it exists, is a regular file (not /dev/zero, a FIFO, a
+    directory) and holds at most max_bytes; else an InputError naming field."""
+    require(path.exists(), field, f"no such file: {path}")
+    require(path.is_file(), field, f"{path} is not a regular file")
+    size = path.stat().st_size
+    require(size <= max_bytes, field, f"{path} is {size:,} bytes; {what or 'a file'} may hold "
+            f"at most {max_bytes:,}")
+
+
 def read_json(path, field: str):
     """Parse a JSON file of at most MAX_JSON_BYTES; a missing, special (/dev/zero, a FIFO),
     oversized or malformed file is an InputError naming field."""
@@ -76,14 +86,8 @@ def read_json(path, field: str):
     from pathlib import Path
 
     path = Path(path)
-    if path.exists() and not path.is_dir():
-        require(path.is_file(), field, f"{path} is not a regular file")
-        size = path.stat().st_size
-        require(size <= MAX_JSON_BYTES, field,
-                f"{path} is {size:,} bytes; at most {MAX_JSON_BYTES:,}")
+    check_file(path, field, MAX_JSON_BYTES, "a JSON file")
     try:
         return json.loads(path.read_text())
-    except (FileNotFoundError, IsADirectoryError):
-        raise InputError(field, f"no such file: {path}") from None
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
         raise InputError(field, f"{path} is not valid JSON ({err.__class__.__name__})") from None

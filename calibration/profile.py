@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from calibration import curves
-from calibration.errors import InputError, positive_float, require, safe_name
+from calibration.errors import InputError, check_file, positive_float, require, safe_name
 
 SCHEMA = 1
 DATA_DIR = Path(__file__).parent / "data"
@@ -47,6 +47,14 @@ MAX_PROFILE_BYTES = 8 << 20          # the shipped ones are ~30 KB
 PROFILE_KEYS = {"schema", "name", "description", "device", "curves", "links", "host",
                 "provenance"}
 DEVICE_KEYS = {"name", "peak_flops", "hbm_bytes", "hbm_bandwidth", "fp8_peak_flops"}
+
+
+def _number(value, where: str) -> float:
+    """A finite number >= 0 (not a boolean, not a string)."""
+    require(isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0, where,
+            f"must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -76,11 +84,7 @@ def parse_yaml(text: str, field: str, what: str = ""):
 def read_yaml(path: Path, field: str):
     """A YAML file of at most MAX_PROFILE_BYTES (parse_yaml); InputError (naming field) for a
     missing, special (a FIFO, /dev/zero), oversized or malformed file."""
-    require(path.exists(), field, f"no such file: {path}")
-    require(path.is_file(), field, f"{path} is not a regular file")
-    size = path.stat().st_size
-    require(size <= MAX_PROFILE_BYTES, field,
-            f"{path} is {size:,} bytes; at most {MAX_PROFILE_BYTES:,}")
+    check_file(path, field, MAX_PROFILE_BYTES, "a profile")
     try:
         text = path.read_text()
     except UnicodeDecodeError:
@@ -135,10 +139,30 @@ class Curve:
                         f"is a slow-down relative to a copy and must be >= 1, got {value}")
         extra = set(self.params) - set(names)
         require(not extra, f"{where}.params", f"unknown parameters {sorted(extra)}")
+        require(isinstance(self.std, dict), f"{where}.std",
+                "must be a mapping of parameter -> std")
+        for name, value in self.std.items():
+            require(name in names, f"{where}.std", f"unknown parameter {name!r}")
+            _number(value, f"{where}.std.{name}")
         if self.cov is not None:
-            matrix = np.asarray(self.cov, dtype=float)
-            require(matrix.shape == (len(names), len(names)), f"{where}.cov",
-                    f"must be {len(names)}x{len(names)} in order {list(names)}")
+            n = len(names)
+            require(isinstance(self.cov, (list, tuple)) and len(self.cov) == n
+                    and all(isinstance(row, (list, tuple)) and len(row) == n
+                            for row in self.cov), f"{where}.cov",
+                    f"must be {n}x{n} in order {list(names)}")
+            for i, row in enumerate(self.cov):
+                for value in row:
+                    require(isinstance(value, (int, float)) and not isinstance(value, bool)
+                            and math.isfinite(value), f"{where}.cov.{i}",
+                            f"must hold finite numbers, got {value!r}")
+        if self.rmse_rel is not None:
+            _number(self.rmse_rel, f"{where}.rmse_rel")
+        require(isinstance(self.points, int) and not isinstance(self.points, bool)
+                and self.points >= 0, f"{where}.points",
+                f"must be an integer >= 0, got {self.points!r}")
+        require(isinstance(self.sources, tuple) and all(isinstance(x, str)
+                                                        for x in self.sources),
+                f"{where}.sources", "must be a list of strings")
 
     @property
     def names(self) -> tuple:
@@ -207,9 +231,7 @@ class Host:
 
     def __post_init__(self):
         for name in ("op_overhead_s", "std", "post_overhead_s", "wake_s"):
-            value = getattr(self, name)
-            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                    f"profile.host.{name}", f"must be a finite number >= 0, got {value!r}")
+            _number(getattr(self, name), f"profile.host.{name}")
 
     def sample(self, rng: np.random.Generator) -> "Host":
         if not self.std:
@@ -339,11 +361,12 @@ class Profile:
         unknown = set(host_raw) - {"op_overhead_s", "std", "sources", "post_overhead_s",
                                    "wake_s"}
         require(not unknown, "profile.host", f"unknown keys {sorted(unknown)}")
-        sources = _strings(host_raw.get("sources", []), "profile.host.sources")
-        host = Host(*(_number(host_raw.get(k, 0.0), f"profile.host.{k}")
-                      for k in ("op_overhead_s", "std")), sources,
-                    *(_number(host_raw.get(k, 0.0), f"profile.host.{k}")
-                      for k in ("post_overhead_s", "wake_s")))
+        sources = host_raw.get("sources", [])
+        require(isinstance(sources, list) and all(isinstance(x, str) for x in sources),
+                "profile.host.sources", "must be a list of strings")
+        host = Host(host_raw.get("op_overhead_s", 0.0), host_raw.get("std", 0.0),
+                    tuple(sources), host_raw.get("post_overhead_s", 0.0),
+                    host_raw.get("wake_s", 0.0))           # Host checks the numbers
         require(isinstance(raw.get("provenance") or {}, dict), "profile.provenance",
                 "must be a mapping")
         return cls(name=raw["name"], device=device, links=links,
@@ -354,61 +377,24 @@ class Profile:
 CURVE_KEYS = {"params", "std", "cov", "rmse_rel", "points", "sources", "draws"}
 
 
-def _number(value, where: str) -> float:
-    """A finite number >= 0 (not a boolean, not a string)."""
-    require(isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value >= 0, where,
-            f"must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def _strings(value, where: str) -> tuple:
-    require(isinstance(value, list) and all(isinstance(x, str) for x in value), where,
-            "must be a list of strings")
-    return tuple(value)
-
-
 def _curve(family: str, body: dict, where: str, more_keys: tuple = ()) -> Curve:
-    """A curve's YAML body, every field checked for its type (one error naming it)."""
+    """A curve's YAML body; Curve checks every field (one error, re-anchored at where)."""
     unknown = sorted(set(body) - CURVE_KEYS - set(more_keys))
     require(not unknown, where, f"unknown keys {unknown}")
-    names = curves.FAMILY_PARAMS[family]
     params = body.get("params")
     require(isinstance(params, dict), f"{where}.params", "missing or not a mapping")
-    std = body.get("std") or {}
-    require(isinstance(std, dict), f"{where}.std", "must be a mapping of parameter -> std")
-    for k, v in std.items():
-        require(k in names, f"{where}.std", f"unknown parameter {k!r}")
-        _number(v, f"{where}.std.{k}")
-    cov = body.get("cov")
-    if cov is not None:
-        require(isinstance(cov, list) and len(cov) == len(names)
-                and all(isinstance(row, list) and len(row) == len(names) for row in cov),
-                f"{where}.cov", f"must be a {len(names)}x{len(names)} list of lists")
-        for i, row in enumerate(cov):
-            for v in row:
-                require(isinstance(v, (int, float)) and not isinstance(v, bool)
-                        and math.isfinite(v), f"{where}.cov.{i}",
-                        f"must hold finite numbers, got {v!r}")
-    rmse = body.get("rmse_rel")
-    points = body.get("points", 0)
-    require(isinstance(points, int) and not isinstance(points, bool) and points >= 0,
-            f"{where}.points", f"must be an integer >= 0, got {points!r}")
+    draws = body.get("draws") or ()
+    require(isinstance(draws, (list, tuple)) and all(isinstance(d, (list, tuple))
+                                                     for d in draws),
+            f"{where}.draws", "must be a list of parameter lists")
+    sources = body.get("sources", [])
     try:
-        draws = body.get("draws") or ()
-        require(isinstance(draws, (list, tuple)) and all(isinstance(d, (list, tuple))
-                                                         for d in draws),
-                f"{where}.draws", "must be a list of parameter lists")
-        return Curve(family=family, params=dict(params), std={k: float(v) for k, v in
-                                                              std.items()},
-                     cov=cov, rmse_rel=None if rmse is None else _number(
-                         rmse, f"{where}.rmse_rel"),
-                     points=points, sources=_strings(body.get("sources", []),
-                                                     f"{where}.sources"),
+        return Curve(family=family, params=dict(params), std=body.get("std") or {},
+                     cov=body.get("cov"), rmse_rel=body.get("rmse_rel"),
+                     points=body.get("points", 0),
+                     sources=tuple(sources) if isinstance(sources, list) else sources,
                      draws=tuple(tuple(d) for d in draws))
     except InputError as err:  # re-anchor the field under this profile path
-        if err.field.startswith(where):
-            raise
         raise InputError(err.field.replace(f"curves.{family}" if family != "link" else "links",
                                            where, 1), err.problem) from None
 

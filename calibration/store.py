@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sqlite3
 import statistics
 from datetime import datetime, timezone
@@ -87,24 +88,10 @@ BUSY_TIMEOUT_S = 30.0
 
 
 def busy_timeout_s() -> float:
-    import os
-
     try:
         return max(0.0, float(os.environ.get("FAPOOL_STORE_WAIT_S", BUSY_TIMEOUT_S)))
     except ValueError:
         raise InputError("FAPOOL_STORE_WAIT_S", "must be a number of seconds") from None
-
-
-@contextlib.contextmanager
-def _unlocked(path: Path, wait_s: float):
-    """SQLite's 'database is locked' after the busy timeout -> one InputError line."""
-    try:
-        yield
-    except sqlite3.OperationalError as err:
-        if "locked" in str(err) or "busy" in str(err):
-            raise InputError("store", f"{path} is locked by another process (waited "
-                             f"{wait_s:g} s; FAPOOL_STORE_WAIT_S sets how long)") from None
-        raise
 
 
 def default_store_path() -> Path:
@@ -200,8 +187,17 @@ class Store:
                              ) from None
 
     # ------------------------------------------------------------ opening and validation
+    @contextlib.contextmanager
     def _unlocked(self):
-        return _unlocked(self.path, self.wait_s)
+        """SQLite's 'database is locked' after the busy timeout -> one InputError line."""
+        try:
+            yield
+        except sqlite3.OperationalError as err:
+            if "locked" in str(err) or "busy" in str(err):
+                raise InputError("store", f"{self.path} is locked by another process "
+                                 f"(waited {self.wait_s:g} s; FAPOOL_STORE_WAIT_S sets how "
+                                 "long)") from None
+            raise
 
     def _check_file(self) -> None:
         if self.path.is_dir():

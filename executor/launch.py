@@ -31,6 +31,8 @@ from pathlib import Path
 from executor.measure import COMM, DONE, STATES, create_heartbeat, read_heartbeats
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+POLL_S, MONITOR_S = 0.05, 0.25   # our PID poll runs faster than torchrun's, to see zombies
+FAIL_GRACE_S = 10.0              # after a rank dies, torchrun gets this long to end the run
 KEEP_FAILED_RUNS = 20            # logs of the newest failed runs kept (run_logs_dir)
 
 
@@ -57,8 +59,6 @@ def _keep_logs(run_dir: Path) -> Path | None:
     except OSError:
         shutil.rmtree(run_dir, ignore_errors=True)
         return None
-POLL_S, MONITOR_S = 0.05, 0.25   # our PID poll runs faster than torchrun's, to see zombies
-FAIL_GRACE_S = 10.0              # after a rank dies, torchrun gets this long to end the run
 
 
 @dataclass

@@ -36,9 +36,9 @@ class ClusterSpec:
         safe_name(self.name, "cluster.name")
         safe_name(self.intra_link, "cluster.intra_link")
         safe_name(self.inter_link, "cluster.inter_link")
-        require(isinstance(self.profile, str) and self.profile.isprintable(),
-                "cluster.profile", "must be a profile name or a path without control "
-                "characters")
+        require(isinstance(self.profile, str) and self.profile and self.profile.isprintable(),
+                "cluster.profile", "must be a profile name or a path (no control "
+                "characters)")
         require(isinstance(self.cores_per_node, int) and self.cores_per_node >= 0,
                 "cluster.cores_per_node", "must be an integer >= 0")
         positive_int(self.nodes, "cluster.nodes")
@@ -49,7 +49,6 @@ class ClusterSpec:
             require(getattr(self, name) <= most, f"cluster.{name}",
                     f"{getattr(self, name)} is more than {most} (the largest cluster "
                     "fa-pool plans)")
-        require(bool(self.profile), "cluster.profile", "missing")
 
     @property
     def total_gpus(self) -> int:

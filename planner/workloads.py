@@ -16,12 +16,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from calibration.errors import MAX_INT, InputError, require
+from calibration.errors import MAX_INT, InputError, check_file, require
 from planner.workload import DEFAULT_OUTPUT_LEN
 
 FIELDS = ("arrival_s", "input_len", "output_len")
@@ -35,11 +36,12 @@ class Request:
     input_len: int
     output_len: int
 
-    def __post_init__(self):
-        require(self.arrival_s >= 0 and math.isfinite(self.arrival_s), "arrival_s",
-                f"must be a finite number >= 0, got {self.arrival_s}")
-        require(self.input_len > 0, "input_len", f"must be > 0, got {self.input_len}")
-        require(self.output_len > 0, "output_len", f"must be > 0, got {self.output_len}")
+    def __post_init__(self):       # messages built only on failure: a trace makes millions
+        if not (self.arrival_s >= 0 and math.isfinite(self.arrival_s)):
+            raise InputError("arrival_s", f"must be a finite number >= 0, got {self.arrival_s}")
+        for name in ("input_len", "output_len"):
+            if not getattr(self, name) > 0:
+                raise InputError(name, f"must be > 0, got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -146,43 +148,45 @@ MAX_SIMULATED_REQUESTS = 2048    # a longer trace is simulated on a uniform samp
 MAX_TRACE_BYTES = 1 << 30       # 1 GiB: ~30 million rows of a CSV trace
 
 
-def _number(raw, where: str, integer: bool, typed: bool):
-    """A trace field.  typed (JSONL): the JSON value itself must be a number, an integer
-    where one is meant (true, "512" and 512.0 are refused); CSV: the text is parsed, an
-    integer field must be written as one."""
-    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
-        raise InputError(where, "missing")
-    if typed:
-        kinds = (int,) if integer else (int, float)
-        require(isinstance(raw, kinds) and not isinstance(raw, bool), where,
-                f"must be {'an integer' if integer else 'a number'}, got {raw!r}")
-    elif integer:
-        require(raw.strip().isdigit(), where, f"must be a positive integer, got {raw!r}")
+def _number(raw, where, integer: bool, typed: bool):
+    """One field of a trace row.  typed (JSONL): the JSON value itself must be a number, an
+    integer where one is meant (true, "512" and 512.0 are refused); CSV: the text, an
+    integer written as digits.  where() names the field; like every message, it is built
+    only for an error (this runs three times per row of a million-row trace)."""
     try:
-        value = float(raw)
-    except (TypeError, ValueError, OverflowError):
-        raise InputError(where, f"not a number: {raw!r}") from None
-    if not math.isfinite(value):
-        raise InputError(where, f"must be finite, got {raw!r}")
+        if typed:
+            if isinstance(raw, bool) or not isinstance(raw, int if integer else (int, float)):
+                raise TypeError
+            value = raw
+        else:
+            text = raw.strip()
+            if integer and not text.isdigit():
+                raise ValueError
+            value = int(text) if integer else float(text)
+    except (AttributeError, TypeError, ValueError):
+        missing = raw is None or (isinstance(raw, str) and not raw.strip())
+        raise InputError(where(), "missing" if missing else
+                         f"must be {'a positive integer' if integer else 'a number'}, "
+                         f"got {raw!r}") from None
     if integer:
-        if not value.is_integer() or value <= 0:
-            raise InputError(where, f"must be a positive integer, got {raw!r}")
-        require(value <= MAX_INT, where, f"{raw!r} is more than 2^40")
-        return int(value)
-    if value < 0:
-        raise InputError(where, f"must be >= 0, got {raw!r}")
+        if not 0 < value <= MAX_INT:
+            raise InputError(where(), f"must be a positive integer of at most 2^40, got "
+                             f"{raw!r}")
+    elif not (value >= 0 and math.isfinite(value)):
+        raise InputError(where(), f"must be a finite number >= 0, got {raw!r}")
     return value
 
 
-def _request(row: dict, where: str, typed: bool) -> Request:
-    unknown = sorted(str(k) for k in set(row) - set(FIELDS))
-    require(not unknown, where, f"unknown keys {unknown}; a row holds {', '.join(FIELDS)}")
-    return Request(*(_number(row.get(f), f"{where}.{f}", f != "arrival_s", typed)
-                     for f in FIELDS))
+def _request(values, label, typed: bool) -> Request:
+    """A Request from a row's (arrival_s, input_len, output_len); label() names the row;
+    typed: JSON values (JSONL), else CSV text."""
+    return Request(*(_number(v, lambda f=f: f"{label()}.{f}", f != "arrival_s", typed)
+                     for f, v in zip(FIELDS, values)))
 
 
 def _rows(path: Path, fh):
-    """(where, Request) of every row of an open CSV or JSONL trace, streamed."""
+    """The Request of every row of an open CSV or JSONL trace, streamed."""
+    name = path.name
     if path.suffix.lower() in (".jsonl", ".ndjson"):
         for i, line in enumerate(fh, start=1):
             if not line.strip():
@@ -190,24 +194,31 @@ def _rows(path: Path, fh):
             try:
                 row = json.loads(line)
             except (json.JSONDecodeError, RecursionError):
-                raise InputError(f"{path.name} line {i}", "not valid JSON") from None
-            require(isinstance(row, dict), f"{path.name} line {i}", "must be a JSON object")
-            yield _request(row, f"{path.name} line {i}", True)
+                raise InputError(f"{name} line {i}", "not valid JSON") from None
+            if not isinstance(row, dict) or not row.keys() <= set(FIELDS):
+                require(isinstance(row, dict), f"{name} line {i}", "must be a JSON object")
+                raise InputError(f"{name} line {i}", f"unknown keys "
+                                 f"{sorted(str(k) for k in set(row) - set(FIELDS))}; a row "
+                                 f"holds {', '.join(FIELDS)}")
+            yield _request([row.get(f) for f in FIELDS], lambda i=i: f"{name} line {i}", True)
         return
     reader = csv.reader(fh)
     header = [h.strip() for h in next(reader, [])]
     missing = [f for f in FIELDS if f not in header]
-    require(not missing, f"{path.name} header",
+    require(not missing, f"{name} header",
             f"missing column(s) {missing}; expected {','.join(FIELDS)}")
-    extra = [h for h in header if h not in FIELDS]
-    require(not extra, f"{path.name} header",
+    extra = [h for h in header if h not in FIELDS]           # checked once, not per row
+    require(not extra, f"{name} header",
             f"unknown column(s) {extra}; expected {','.join(FIELDS)}")
+    index = [header.index(f) for f in FIELDS]
     for i, values in enumerate(reader, start=2):     # line 1 is the header
         if not values:
             continue
-        require(len(values) <= len(header), f"{path.name} row {i}",
-                f"more fields than the header's {len(header)}")
-        yield _request(dict(zip(header, values)), f"{path.name} row {i}", False)
+        if len(values) != len(header):
+            require(len(values) < len(header), f"{name} row {i}",
+                    f"more fields than the header's {len(header)}")
+            values = values + [""] * (len(header) - len(values))     # named "missing"
+        yield _request([values[k] for k in index], lambda i=i: f"{name} row {i}", False)
 
 
 def load_trace(path: str | Path, sample: int = MAX_SIMULATED_REQUESTS) -> RequestWorkload:
@@ -220,22 +231,18 @@ def load_trace(path: str | Path, sample: int = MAX_SIMULATED_REQUESTS) -> Reques
     at the trace's mean rate.  The workload's name says so; workload.csv (`fapool plan`)
     holds the sample, so a re-simulation sees what the search saw."""
     path = Path(path)
-    require(path.exists(), "workload", f"no such file: {path}")
-    require(path.is_file(), "workload", f"{path} is not a regular file")  # /dev/zero, a FIFO
-    size = path.stat().st_size
-    require(size <= MAX_TRACE_BYTES, "workload",
-            f"{path} is {size:,} bytes; a trace may hold at most {MAX_TRACE_BYTES:,}")
-    rng = np.random.default_rng(0)
-    tally, kept, first, last = BucketTally(), [], math.inf, -math.inf
+    check_file(path, "workload", MAX_TRACE_BYTES, "a trace")
+    rng = random.Random(0)          # per row: randrange is ~4x numpy's scalar integers
+    tally, kept, first = BucketTally(), [], math.inf
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             for r in _rows(path, fh):
                 tally.add(r)
-                first, last = min(first, r.arrival_s), max(last, r.arrival_s)
+                first = min(first, r.arrival_s)
                 if len(kept) < sample:
                     kept.append(r)
                 else:
-                    j = int(rng.integers(tally.n))
+                    j = rng.randrange(tally.n)
                     if j < sample:
                         kept[j] = r
     except (OSError, UnicodeDecodeError) as err:
@@ -245,9 +252,8 @@ def load_trace(path: str | Path, sample: int = MAX_SIMULATED_REQUESTS) -> Reques
     require(bool(kept), "workload", f"{path} holds no requests")
     if tally.n <= sample:
         return RequestWorkload(path.name, tuple(sorted(kept, key=lambda r: r.arrival_s)))
-    have = {id(r) for r in kept}
-    kept += [r for _, r in sorted(tally.longest.items()) if id(r) not in have
-             and not any(q.input_len == r.input_len for q in kept)]
+    lengths = {r.input_len for r in kept}
+    kept += [r for _, r in sorted(tally.longest.items()) if r.input_len not in lengths]
     kept.sort(key=lambda r: r.arrival_s)
     k = (len(kept) - 1) / (tally.n - 1)
     requests = tuple(Request(first + (r.arrival_s - first) * k, r.input_len, r.output_len)
