@@ -51,7 +51,7 @@ def positive_int(value, field: str) -> int:
     if value <= 0:
         raise InputError(field, f"must be a positive integer, got {value}")
     if value > MAX_INT:
-        raise InputError(field, f"{value} is more than the largest size accepted (2^40)")
+        raise InputError(field, f"{value:.4g} is more than the largest size accepted (2^40)")
     return value
 
 
