@@ -155,6 +155,21 @@ class Run:
                            len(times)))
 
 
+def _table_names(conn) -> set:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def create_schema(conn) -> None:
+    """Our tables and meta rows, inside the caller's write transaction."""
+    for statement in _TABLES.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.executemany("INSERT INTO meta VALUES (?, ?)",
+                     [("app", APP), ("schema_version", str(SCHEMA_VERSION)),
+                      ("created", _now())])
+    conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+
+
 class Store:
     """Create or open the store at path; refuse files that are not ours (InputError).
     readonly: open an existing fa-pool store for reading only (SQLite's mode=ro): never
@@ -219,19 +234,20 @@ class Store:
 
     def _open(self) -> None:
         conn = self._conn
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = _table_names(conn)
         if not tables and self.readonly:
             raise InputError("store", f"{self.path} is an SQLite database but not an fa-pool "
                              "store (no tables)")
-        if not tables:  # a new (or empty) file: create our schema in one transaction
-            conn.executescript(
-                "BEGIN IMMEDIATE;" + _TABLES
-                + f"INSERT INTO meta VALUES ('app', '{APP}');"
-                + f"INSERT INTO meta VALUES ('schema_version', '{SCHEMA_VERSION}');"
-                + f"INSERT INTO meta VALUES ('created', '{_now()}');"
-                + f"PRAGMA application_id = {APPLICATION_ID};"
-                + "COMMIT;")
-            return
+        if not tables:  # a new (or empty) file: create our schema, unless a process
+            conn.execute("BEGIN IMMEDIATE")      # opening it at the same time just did
+            try:
+                if not _table_names(conn):
+                    create_schema(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            tables = _table_names(conn)
         if "meta" not in tables:
             raise InputError("store", f"{self.path} is an SQLite database but not an fa-pool "
                              "store (no meta table)")

@@ -52,3 +52,34 @@ def test_a_locked_store_waits_then_says_so_in_one_line(tmp_path):
     assert r["code"] == 2 and len(r["stderr"]) == 1, r
     assert "locked by another process" in r["stderr"][0]
     assert r["seconds"] < 30
+
+
+def test_a_store_created_by_another_process_meanwhile_is_opened_not_recreated(tmp_path):
+    """Two processes open the same new file at once: both see no tables; the one that gets
+    the write lock second must find the other's schema, not create it again ('table meta
+    already exists' failed one of two concurrent writers in a CI run).  Made deterministic:
+    a connection holds the write lock on the empty file and creates the schema only after
+    Store() has looked."""
+    import sqlite3
+    import threading
+    import time
+    from calibration.store import Store, create_schema
+
+    path = tmp_path / "s.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    done = threading.Event()
+
+    def create_later():
+        time.sleep(0.5)                    # Store() below has seen an empty file by now
+        create_schema(holder)
+        holder.execute("COMMIT")
+        done.set()
+
+    threading.Thread(target=create_later).start()
+    with Store(path) as store:
+        with store.run(kind="microbench") as run:
+            run.add_sample(op="host_op", params={}, times_s=[1e-6])
+        assert [r["status"] for r in store.runs()] == ["complete"]
+    assert done.wait(5)
+    holder.close()
