@@ -42,6 +42,7 @@ timelines of every rank side by side (planner.loopview.write_comparison_trace).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -249,7 +250,8 @@ def ensure_microbenchmarks(store_path: Path, worlds, tick) -> None:
             raise RuntimeError(f"calibration failed: {last}")
 
 
-def _measure(plans: list, store_path: Path, repeats: int, tick, runner) -> tuple:
+def _measure(plans: list, store_path: Path, repeats: int, tick, runner,
+             steps: int = STEPS) -> tuple:
     """Run every plan `repeats` times (per pass: one process group per world size, requests
     alternating); returns ({config index: [store run ids]}, {index: last summary})."""
     runs: dict = {i: [] for i in range(len(plans))}
@@ -261,7 +263,7 @@ def _measure(plans: list, store_path: Path, repeats: int, tick, runner) -> tuple
         for world, members in sorted(by_world.items()):
             order = members if rep % 2 == 0 else members[::-1]
             tick(f"pass {rep + 1}/{repeats}: {len(order)} configurations on {world} ranks "
-                 f"({STEPS} timed steps each), one process group")
+                 f"({steps} timed steps each), one process group")
             summaries = runner([plans[i][1] for i in order], store_path,
                                timeout=60.0 * len(order))
             for i, summary in zip(order, summaries):
@@ -273,12 +275,13 @@ def _measure(plans: list, store_path: Path, repeats: int, tick, runner) -> tuple
 def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec | None = None,
              profile: Profile | None = None, progress=None, repeats: int = 5,
              refit_all: bool = False, trace_dir: Path | None = None,
-             runner=None, calibrate: bool = True) -> dict:
+             runner=None, calibrate: bool = True, steps: int = STEPS) -> dict:
     """Run the loop over configs; returns the report (see the module docstring).  With
     refit_all, report["refit_profile"] is the profile refitted from every configuration
     (else None).  runner(plan paths, store, timeout=) -> summaries runs the executor
-    (default run_executor; tests pass a synthetic one); calibrate: microbenchmark first
-    if the store has none (ensure_microbenchmarks)."""
+    (default run_executor with `steps` timed steps per configuration and pass; tests pass a
+    synthetic one); calibrate: microbenchmark first if the store has none
+    (ensure_microbenchmarks)."""
     from calibration.store import Store
     from planner.loopview import op_table, write_comparison_trace
     model = model or MODELS["tiny"]
@@ -303,7 +306,9 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
         path = work_dir / f"plan_{i}.json"
         save_plan(plan, path)
         plans.append((plan, path, pred))
-    runs, last = _measure(plans, store_path, repeats, tick, runner or run_executor)
+    require(steps >= 1, "--steps", f"must be >= 1, got {steps}")
+    runs, last = _measure(plans, store_path, repeats, tick,
+                          runner or functools.partial(run_executor, steps=steps), steps)
     store = Store(store_path)
     try:
         rows = []

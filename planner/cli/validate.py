@@ -22,7 +22,8 @@ every world size the configurations use)."""
 
 
 def register(subparsers) -> None:
-    from planner.cli.options import Formatter
+    from planner.cli.options import Formatter, _int
+    from planner.validate import STEPS
     p = subparsers.add_parser("validate", help="measure the planner's error and refit it",
                               epilog=EPILOG, formatter_class=Formatter)
     what = p.add_mutually_exclusive_group()
@@ -33,9 +34,12 @@ def register(subparsers) -> None:
     what.add_argument("--quick", action="store_true",
                       help="12 configurations (FA Pool and static, 4 lengths, pools of 1-3, "
                            "TP 2, GQA, every decode placement): ~5.5 minutes")
-    p.add_argument("--repeats", type=int, default=5,
+    p.add_argument("--repeats", type=_int, default=5,
                    help="passes over the configurations (one process group each), their "
                         "steps pooled (default 5)")
+    p.add_argument("--steps", type=_int, default=STEPS,
+                   help=f"timed steps per configuration and pass (default {STEPS}; fewer is "
+                        "faster and noisier)")
     p.add_argument("--store", default=None, help="measurement store (default: the user's)")
     p.add_argument("--profile", default="local",
                    help="profile predictions start from (default local)")
@@ -63,6 +67,8 @@ def run(args) -> int:
     profile = load_profile(args.profile)
     if args.repeats < 1:
         raise InputError("--repeats", f"must be >= 1, got {args.repeats}")
+    if args.steps < 1:
+        raise InputError("--steps", f"must be >= 1, got {args.steps}")
     if args.save_profile:
         target = Path(args.save_profile)
         if target.is_dir() or not target.parent.is_dir():
@@ -86,7 +92,7 @@ def run(args) -> int:
         try:
             report = validate(configs, store_path, Path(tmp), model, profile, say,
                               args.repeats, refit_all=bool(args.save_profile),
-                              trace_dir=trace_dir)
+                              trace_dir=trace_dir, steps=args.steps)
         except RuntimeError as err:
             sys.stderr.write(f"fapool validate: error: {err}\n")
             return 1
