@@ -410,7 +410,25 @@ def load_profile(name_or_path: str | Path) -> Profile:
             known = sorted(p.stem for p in DATA_DIR.glob("*.yaml"))
             raise InputError("profile", f"unknown profile {str(name_or_path)!r}; "
                              f"known: {known}, or give a path to a .yaml file")
-    return Profile.from_dict(read_yaml(path, "profile"))
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+    except OSError:
+        key = None                      # read_yaml names the problem
+    if key is None or key not in _LOADED:
+        profile = Profile.from_dict(read_yaml(path, "profile"))
+        if key is None:
+            return profile
+        if len(_LOADED) >= 64:
+            _LOADED.clear()
+        _LOADED[key] = profile
+    return _LOADED[key]
+
+
+# Profiles parsed, by (file, inode, modification time, size): a simulation without an explicit
+# profile loads its cluster's, and parsing the YAML took 3x as long as the simulation itself.
+# A Profile is frozen, so callers share one.
+_LOADED: dict = {}
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:
