@@ -56,7 +56,7 @@ class Lanes:
 
     def ready(self, count: int) -> float:
         """When `count` lanes are free at once."""
-        return sorted(self.free)[count - 1]
+        return min(self.free) if count == 1 else sorted(self.free)[count - 1]
 
     def take(self, count: int, start: float, end: float) -> None:
         self.free.sort()
@@ -100,6 +100,7 @@ class Machine:
     pools: dict = field(default_factory=dict)    # "cores:<node>" -> simpy.Container
     lanes: dict = field(default_factory=dict)    # "port:<unit>" / "nic:<node>" -> Lanes
     transfers: dict = field(default_factory=dict)
+    link_needs: dict = field(default_factory=dict)   # (units, lanes each) -> _links()
 
     def __post_init__(self):
         for unit in self.units.values():
@@ -126,13 +127,19 @@ class Machine:
         per_node = -(-len(unit.ranks) // len(unit.nodes))     # ranks are packed by node
         return {f"cores:{n}": min(per_node, self.cores_per_node) for n in unit.nodes}
 
-    def _links(self, unit_names, lanes_each: int = 1) -> dict:
-        """One lane of each unit's port (or lanes_each), plus NICs if nodes differ."""
-        need = {f"port:{u}": min(lanes_each, len(self.units[u].ranks)) for u in unit_names}
-        nodes = sorted({n for u in unit_names for n in self.units[u].nodes})
-        if len(nodes) > 1:
-            for n in nodes:
-                need[f"nic:{n}"] = min(lanes_each, self.nics_per_node)
+    def _links(self, unit_names: tuple, lanes_each: int = 1) -> dict:
+        """One lane of each unit's port (or lanes_each), plus NICs if nodes differ (the
+        same units always need the same: kept per machine)."""
+        key = (unit_names, lanes_each)
+        need = self.link_needs.get(key)
+        if need is None:
+            need = {f"port:{u}": min(lanes_each, len(self.units[u].ranks))
+                    for u in unit_names}
+            nodes = sorted({n for u in unit_names for n in self.units[u].nodes})
+            if len(nodes) > 1:
+                for n in nodes:
+                    need[f"nic:{n}"] = min(lanes_each, self.nics_per_node)
+            self.link_needs[key] = need
         return need
 
     # ------------------------------------------------------------ ops
@@ -170,7 +177,7 @@ class Machine:
     def collective(self, cost: OpCost, unit: str, mb: int, layer: int, op_kind: str = ""):
         """Process: a collective among the unit's own ranks (all its lanes taken)."""
         u = self.units[unit]
-        start = reserve(self.lanes, self._links([unit], len(u.ranks)), self.env.now,
+        start = reserve(self.lanes, self._links((unit,), len(u.ranks)), self.env.now,
                         cost.seconds)
         if self.cores_per_node:         # a CPU rank moves the bytes itself: hold its cores
             yield self.env.timeout(start - self.env.now)

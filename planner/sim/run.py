@@ -145,7 +145,8 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
         if op is None:
             break
         issued = len(op.lanes) if single and op.lanes else 1
-        yield from machine.host(unit, issued, issued if op.kind in POSTS + BLOCKING else 0)
+        if machine.host_s or machine.post_s:
+            yield from machine.host(unit, issued, issued if op.kind in POSTS + BLOCKING else 0)
         if op.kind in COLLECTIVES:
             yield from machine.collective(cost, unit, op.mb, op.layer, op.kind)
         elif op.kind == "wait":
