@@ -192,9 +192,11 @@ class CapacityPlanner:
         return plan
 
     # ------------------------------------------------------------ the search
-    def _limits(self, strategy) -> list:
+    def _limits(self, strategy, first: bool = False) -> list:
         """(b, capacity_rps) for every limit, largest first, dropping a limit whose cap in
-        memory equals a larger one's (the same plan)."""
+        memory equals a larger one's (the same plan).  first: the largest limit only (its
+        capacity costs step simulations at the full running batch; every smaller limit's
+        at its own, which a plan at the largest limit never needs)."""
         out, seen = [], set()
         for b in limits_for(self.batch):
             caps = tuple(self.costs.cap(self.costs.stand_in(strategy, i), b)
@@ -203,6 +205,8 @@ class CapacityPlanner:
                 continue
             seen.add(caps)
             out.append((b, self.capacity_rps(strategy, b)))
+            if first:
+                break
         return out
 
     def best_for_gpus(self, cand: dict, best_gpus: float) -> list:
@@ -370,7 +374,7 @@ def _attach_front(planner: CapacityPlanner, out: CapacityResult, front: list,
         elif plans:
             plan = plans[-1]
         else:
-            limits = planner._limits(strategy_from_dict(c["strategy"]))
+            limits = planner._limits(strategy_from_dict(c["strategy"]), first=True)
             need = planner.replicas_needed(limits[0][1]) if limits else 0
             plan = (planner.serve(c, need, limits[0][0])
                     if need and need * c["gpus"] <= planner.budget else None)
@@ -413,7 +417,7 @@ def _closest_alone(out: CapacityResult, planner: CapacityPlanner) -> None:
         return max(floor[key] / planner.slo[f"{name}_ms"] for name, key in SLO_KEYS
                    if planner.slo.get(f"{name}_ms") and floor[key] is not None)
     cand, why = min(planner.pruned, key=lambda item: (excess(item), item[0]["gpus"]))
-    limits = planner._limits(strategy_from_dict(cand["strategy"]))
+    limits = planner._limits(strategy_from_dict(cand["strategy"]), first=True)
     b, cap = limits[0] if limits else (planner.batch, 0.0)
     replicas = max(1, planner.replicas_needed(cap))
     if replicas * cand["gpus"] <= planner.budget:
