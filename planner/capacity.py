@@ -35,7 +35,10 @@ Without SLOs every plan that keeps up meets them.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -327,10 +330,11 @@ def _search_kind(planner: CapacityPlanner, layouts: list, objective: str) -> lis
 
 
 def plan_capacity(planner: CapacityPlanner, candidates: list, objective: str,
-                  progress=None, front: list = ()) -> CapacityResult:
+                  progress=None, front: list = (), workers: int = 1) -> CapacityResult:
     """Choose replicas and running-batch limit for the feasible candidates (module
     docstring); candidates are the full-batch screen's dicts.  Each layout of `front` (the
-    full-batch Pareto front) gets its request-level plan as c["serving_plan"]."""
+    full-batch Pareto front) gets its request-level plan as c["serving_plan"]; those the
+    search did not simulate run in `workers` processes."""
     t0 = time.perf_counter()
     sims0 = planner.costs.simulations
     out = CapacityResult(load_rps=planner.load_rps)
@@ -349,7 +353,7 @@ def plan_capacity(planner: CapacityPlanner, candidates: list, objective: str,
     _choose(out, objective, planner.slo)
     if out.chosen is None and not out.served and planner.pruned:
         _closest_alone(out, planner)
-    _attach_front(planner, out, front, objective)
+    _attach_front(planner, out, front, objective, workers)
     out.simulations = planner.costs.simulations - sims0
     out.request_sims = planner.request_sims
     out.seconds = time.perf_counter() - t0
@@ -359,29 +363,72 @@ def plan_capacity(planner: CapacityPlanner, candidates: list, objective: str,
 
 
 def _attach_front(planner: CapacityPlanner, out: CapacityResult, front: list,
-                  objective: str) -> None:
+                  objective: str, workers: int = 1) -> None:
     """Every full-batch Pareto layout's request-level plan: its best plan the search
     simulated (meeting the SLOs if one does), else one simulated now with the fewest
-    replicas that keep up at the largest running-batch limit (None: not within budget)."""
+    replicas that keep up at the largest running-batch limit (None: not within budget);
+    those run in `workers` processes (serve_all)."""
     by_layout: dict = {}
     for p in out.served:
         by_layout.setdefault(signature(p, planner.buckets), []).append(p)
-    for c in front:
+    chosen, jobs = {}, []                 # front index -> plan; [(index, (c, R, b))]
+    for i, c in enumerate(front):
         plans = by_layout.get(signature(c, planner.buckets), [])
         ok = [p for p in plans if p["meets_slo"]]
         if ok:
-            plan = max(ok, key=_key(objective))
+            chosen[i] = max(ok, key=_key(objective))
         elif plans:
-            plan = plans[-1]
+            chosen[i] = plans[-1]
         else:
             limits = planner._limits(strategy_from_dict(c["strategy"]), first=True)
             need = planner.replicas_needed(limits[0][1]) if limits else 0
-            plan = (planner.serve(c, need, limits[0][0])
-                    if need and need * c["gpus"] <= planner.budget else None)
-            if plan is not None:
-                out.served.append(plan)
+            if need and need * c["gpus"] <= planner.budget:
+                jobs.append((i, (c, need, limits[0][0])))
+    for (i, _), plan in zip(jobs, serve_all(planner, [job for _, job in jobs], workers)):
+        chosen[i] = plan
+        out.served.append(plan)
+    for i, c in enumerate(front):
+        plan = chosen.get(i)
         c["serving_plan"] = plan and {k: plan[k] for k in (
             "replicas", "max_batch", "gpus", "meets_slo", "slo_reasons", "requests")}
+
+
+# The planner a forked worker of serve_all uses (set before the pool forks, so every worker
+# starts with its step simulations so far).
+_FORKED: CapacityPlanner | None = None
+
+
+def _serve_job(job: tuple) -> tuple:
+    """(plan, step costs it added) of one serve() in a forked worker."""
+    costs = _FORKED.costs
+    before = set(costs.steps)
+    plan = _FORKED.serve(*job)
+    return plan, {k: v for k, v in costs.steps.items() if k not in before}
+
+
+def serve_all(planner: CapacityPlanner, jobs: list, workers: int = 1) -> list:
+    """planner.serve(c, replicas, b) of every job, in order.  With workers > 1 (and fork:
+    planner never imports torch) they run in a process pool; each worker's new step
+    simulations are merged back, so the plans are the same as one after another (a step's
+    time depends on its key only) and later stages reuse the steps."""
+    global _FORKED
+    if workers <= 1 or len(jobs) < 4 or os.name != "posix":
+        return [planner.serve(*job) for job in jobs]
+    sims0 = planner.costs.simulations
+    _FORKED = planner
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
+            results = list(pool.map(_serve_job, jobs))
+    finally:
+        _FORKED = None
+    for _, steps in results:
+        for key, value in steps.items():
+            planner.costs.steps.setdefault(key, value)
+    planner.costs.simulations = sims0 + sum(len(steps) for _, steps in results)
+    planner.request_sims += len(jobs)
+    planner.last_sim = None
+    return [plan for plan, _ in results]
 
 
 def _key(objective: str):

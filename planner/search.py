@@ -312,7 +312,7 @@ def search(model: ModelSpec, cluster: ClusterSpec, gpus: int, workload,
                           simulations=screen_sims, budget=gpus, screen_sims=screen_sims)
     cap = plan_capacity(CapacityPlanner(model, cluster, profile, workload, slo, gpus, batch,
                                         costs), cands, objective, progress,
-                        result.pareto)
+                        result.pareto, workers)
     result.served, result.requests_front = cap.served, request_front(cap.served)
     result.load_rps, result.simulations = cap.load_rps, screen_sims + cap.simulations
     result.costs, result.best_by_kind = costs, cap.best_by_kind

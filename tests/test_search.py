@@ -118,8 +118,15 @@ def test_budget_below_memory_needs():
     assert all(not c["feasible"] and c["reasons"] for c in r.candidates)
 
 
-def test_parallel_search_equals_serial_and_reports_progress():
-    calls = []
+def test_parallel_search_equals_serial_and_reports_progress(monkeypatch):
+    import planner.capacity as capacity
+    calls, pooled = [], []
+    serve_all = capacity.serve_all
+
+    def spy(planner, jobs, workers=1):
+        pooled.append((len(jobs), workers))
+        return serve_all(planner, jobs, workers)
+    monkeypatch.setattr(capacity, "serve_all", spy)
     a = search(PAPER, A100, 16, WL, batch=64, space=SMALL, workers=1, progress=False)
     b = search(PAPER, A100, 16, WL, batch=64, space=SMALL, workers=2,
                progress=lambda done, total: calls.append((done, total)))
@@ -128,6 +135,10 @@ def test_parallel_search_equals_serial_and_reports_progress():
     assert strip(a) == strip(b)
     assert calls and calls[-1][0] == calls[-1][1] == b.screen_sims
     assert a.chosen == b.chosen
+    # the request stage too: the front's plans run in 2 processes, the same plans
+    assert a.served == b.served
+    assert [c.get("serving_plan") for c in a.pareto] == [c.get("serving_plan") for c in b.pareto]
+    assert pooled[-1][1] == 2 and pooled[-1][0] >= 4       # enough of them for a pool
 
 
 def test_weighted_percentile_and_pareto_helpers():
