@@ -293,29 +293,32 @@ def simulate_requests(model: ModelSpec, cluster: ClusterSpec, strategy: Strategy
                 rep.wake.succeed()
 
     def admit(rep):
-        new = []
-        if not rep.waiting or len(rep.running) >= serving.max_batch:
-            return new
+        """Waiting requests in arrival order into the running batch until it is full; one
+        whose bucket is at its cap, or whose pool is busy, keeps its place in the queue.
+        Only the requests looked at are touched (a long queue is not copied per step)."""
+        new, passed = [], []
+        room = serving.max_batch - len(rep.running)
         per_bucket = dict(rep.counts)
-        for rec in list(rep.waiting):
-            if len(rep.running) + len(new) >= serving.max_batch:
-                break
+        while rep.waiting and len(new) < room:
+            rec = rep.waiting.popleft()
             i = rec.bucket
             if per_bucket.get(i, 0) >= caps[i]:
+                passed.append(rec)
                 continue
             if rec.pool_gpus:
                 lease = rep.leases.get(i)
                 if lease is None:
                     if rep.pool.level < rec.pool_gpus:
-                        continue          # the pool is busy: wait for GPUs to come back
+                        passed.append(rec)     # the pool is busy: wait for GPUs to return
+                        continue
                     rep.pool.get(rec.pool_gpus)
                     rep.leases[i] = lease = _Lease(rec.pool_gpus)
                     occupancy.append((env.now, pool_level()))
                 lease.members += 1
-            rep.waiting.remove(rec)
             rec.start_s = env.now
             per_bucket[i] = per_bucket.get(i, 0) + 1
             new.append(rec)
+        rep.waiting.extendleft(reversed(passed))
         return new
 
     def finish(rep, rec):
