@@ -324,15 +324,7 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
         inputs = refit_inputs(store, [rid for r in rows for rid in r["run_ids"]])
     finally:
         store.close()
-    fold_preds, folds = {}, {}     # (held-out i, config j) -> fold i's prediction; i -> profile
-    for i, row in enumerate(rows):
-        tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
-        others = [rid for r in rows if r is not row for rid in r["run_ids"]]
-        folds[i] = refit_profile(inputs, others, profile)
-        row["host_overhead_us"] = round(folds[i].host.op_overhead_s * 1e6, 3)
-        for j, cfg in enumerate(configs):
-            fold_preds[i, j] = predict(model, cfg, folds[i])
-        row["predicted_refit"] = fold_preds[i, i]
+    fold_preds, folds = leave_one_out(configs, rows, inputs, model, profile, tick)
     bias = _bias(rows, fold_preds)
     for i, (cfg, row) in enumerate(zip(configs, rows)):
         predicted = simulate_config(model, cfg, folds[i], record=True)
@@ -357,6 +349,24 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
             "holdout": "leave-one-out: profile refit (curves; host time per op measured, not "
                        "fitted) without the config",
             "refit_profile": full}
+
+
+def leave_one_out(configs: list, rows: list, inputs: RefitInputs, model: ModelSpec,
+                  profile: Profile, tick=lambda msg: None) -> tuple:
+    """For each configuration i, the profile refitted without its runs (folds[i]) and that
+    fold's prediction of every configuration j (fold_preds[i, j]); sets each row's
+    predicted_refit (its own fold's) and host_overhead_us.  rows[i]["run_ids"]: the store
+    runs of configs[i]."""
+    fold_preds, folds = {}, {}
+    for i, row in enumerate(rows):
+        tick(f"[{i + 1}/{len(rows)}] refit without {row['label']}")
+        others = [rid for r in rows if r is not row for rid in r["run_ids"]]
+        folds[i] = refit_profile(inputs, others, profile)
+        row["host_overhead_us"] = round(folds[i].host.op_overhead_s * 1e6, 3)
+        for j, cfg in enumerate(configs):
+            fold_preds[i, j] = predict(model, cfg, folds[i])
+        row["predicted_refit"] = fold_preds[i, i]
+    return fold_preds, folds
 
 
 def _bias(rows: list, fold_preds: dict) -> dict:
