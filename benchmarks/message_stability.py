@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibration.microbench import free_port  # noqa: E402
 from history import append  # noqa: E402
 
 NBYTES = 1024
@@ -69,18 +69,12 @@ def _worker(rank: int, port: int, iters: int, out: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def one_round(iters: int) -> dict:
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "r.txt")
-        mp.start_processes(_worker, args=(_free_port(), iters, out), nprocs=2,
+        mp.start_processes(_worker, args=(free_port(), iters, out), nprocs=2,
                            start_method="spawn", join=True)
         v = [float(x) for x in Path(out).read_text().split()]
     out = {}

@@ -408,7 +408,8 @@ def _wake_penalty(rank: int, device: str, repeats: int) -> list:
     return [float(t) for t in out]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process group's rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -424,7 +425,7 @@ def run_collectives(sw: Sweep, backend: str, world: int, link: str, on_sample,
         out_path = os.path.join(tmp, "results.json")
         ctx = mp.start_processes(_collective_worker, nprocs=world, join=False,
                                  start_method="spawn",
-                                 args=(world, _free_port(), backend, sw, timeout_s, out_path))
+                                 args=(world, free_port(), backend, sw, timeout_s, out_path))
         end = time.monotonic() + deadline_s
         try:
             while not ctx.join(timeout=1.0):

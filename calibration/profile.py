@@ -399,6 +399,12 @@ def _curve(family: str, body: dict, where: str, more_keys: tuple = ()) -> Curve:
                                            where, 1), err.problem) from None
 
 
+# Profiles parsed, by (file, inode, modification time, size): a simulation without an explicit
+# profile loads its cluster's, and parsing the YAML took 3x as long as the simulation itself.
+# A Profile is frozen, so callers share one.
+_LOADED: dict = {}
+
+
 def load_profile(name_or_path: str | Path) -> Profile:
     """A shipped profile by name (``dgx-a100``) or a YAML file by path."""
     path = Path(name_or_path)
@@ -412,23 +418,14 @@ def load_profile(name_or_path: str | Path) -> Profile:
                              f"known: {known}, or give a path to a .yaml file")
     try:
         st = path.stat()
-        key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
-    except OSError:
-        key = None                      # read_yaml names the problem
-    if key is None or key not in _LOADED:
-        profile = Profile.from_dict(read_yaml(path, "profile"))
-        if key is None:
-            return profile
+    except OSError:                     # read_yaml names the problem
+        return Profile.from_dict(read_yaml(path, "profile"))
+    key = (str(path.resolve()), st.st_ino, st.st_mtime_ns, st.st_size)
+    if key not in _LOADED:
         if len(_LOADED) >= 64:
             _LOADED.clear()
-        _LOADED[key] = profile
+        _LOADED[key] = Profile.from_dict(read_yaml(path, "profile"))
     return _LOADED[key]
-
-
-# Profiles parsed, by (file, inode, modification time, size): a simulation without an explicit
-# profile loads its cluster's, and parsing the YAML took 3x as long as the simulation itself.
-# A Profile is frozen, so callers share one.
-_LOADED: dict = {}
 
 
 def save_profile(profile: Profile, path: str | Path) -> None:

@@ -35,10 +35,8 @@ Without SLOs every plan that keeps up meets them.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from dataclasses import dataclass, field
@@ -47,7 +45,7 @@ from planner.pareto import dominates_min
 from planner.requests import StepCosts, simulate_requests
 from planner.serving import Serving
 from planner.strategy import FAPoolStrategy, strategy_from_dict
-from planner.sweep import stage_line
+from planner.sweep import process_map, stage_line
 
 KINDS = ("static", "fapool")
 DRAIN_LIMIT = 2.0          # a plan keeps up when, after the last arrival, it drains within
@@ -393,39 +391,34 @@ def _attach_front(planner: CapacityPlanner, out: CapacityResult, front: list,
             "replicas", "max_batch", "gpus", "meets_slo", "slo_reasons", "requests")}
 
 
-# The planner a forked worker of serve_all uses (set before the pool forks, so every worker
-# starts with its step simulations so far).
-_FORKED: CapacityPlanner | None = None
+# The planner of a serve_all worker (its step simulations so far come with it).
+_WORKER: dict = {}
+
+
+def _worker_init(planner: CapacityPlanner) -> None:
+    _WORKER["planner"] = planner
 
 
 def _serve_job(job: tuple) -> tuple:
-    """(plan, step costs it added) of one serve() in a forked worker."""
-    costs = _FORKED.costs
-    before = set(costs.steps)
-    plan = _FORKED.serve(*job)
-    return plan, {k: v for k, v in costs.steps.items() if k not in before}
+    """(plan, step costs it added) of one serve() in a serve_all worker."""
+    planner = _WORKER["planner"]
+    before = set(planner.costs.steps)
+    plan = planner.serve(*job)
+    return plan, {k: v for k, v in planner.costs.steps.items() if k not in before}
 
 
 def serve_all(planner: CapacityPlanner, jobs: list, workers: int = 1) -> list:
-    """planner.serve(c, replicas, b) of every job, in order.  With workers > 1 (and fork:
-    planner never imports torch) they run in a process pool; each worker's new step
+    """planner.serve(c, replicas, b) of every job, in order.  With workers > 1 (and fork)
+    they run in a process pool (planner.sweep.process_map); each worker's new step
     simulations are merged back, so the plans are the same as one after another (a step's
     time depends on its key only) and later stages reuse the steps."""
-    global _FORKED
     if workers <= 1 or len(jobs) < 4 or os.name != "posix":
         return [planner.serve(*job) for job in jobs]
-    sims0 = planner.costs.simulations
-    _FORKED = planner
-    try:
-        ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx) as pool:
-            results = list(pool.map(_serve_job, jobs))
-    finally:
-        _FORKED = None
+    results = process_map(_serve_job, jobs, workers, _worker_init, (planner,))
     for _, steps in results:
         for key, value in steps.items():
             planner.costs.steps.setdefault(key, value)
-    planner.costs.simulations = sims0 + sum(len(steps) for _, steps in results)
+    planner.costs.simulations += sum(len(steps) for _, steps in results)
     planner.request_sims += len(jobs)
     planner.last_sim = None
     return [plan for plan, _ in results]

@@ -105,12 +105,22 @@ def run_tasks(tasks: list, workers: int, init_args: tuple, progress=False,
             out.append(sim_task(t))
             tick(1)
     else:
-        ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
-        chunk = max(1, len(tasks) // (workers * 8))
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init,
-                                 initargs=init_args) as pool:
-            for v in pool.map(sim_task, tasks, chunksize=chunk):
-                out.append(v)
-                tick(1)
+        out = process_map(sim_task, tasks, workers, _init, init_args, tick)
     tick(None)
+    return out
+
+
+def process_map(fn, items: list, workers: int, init=None, init_args: tuple = (),
+                tick=lambda n: None) -> list:
+    """[fn(x) for x in items] in a pool of `workers` processes, in order; init(*init_args)
+    runs first in each worker.  Fork where there is one: planner never imports torch, so
+    forking is cheap and safe."""
+    ctx = multiprocessing.get_context("fork" if os.name == "posix" else "spawn")
+    chunk = max(1, len(items) // (workers * 8))
+    out = []
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=init,
+                             initargs=init_args) as pool:
+        for v in pool.map(fn, items, chunksize=chunk):
+            out.append(v)
+            tick(1)
     return out

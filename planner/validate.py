@@ -288,6 +288,7 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
     profile = profile or load_profile("local")
     require(len(configs) >= 3, "configs", "need at least 3 configurations")
     require(repeats >= 1, "--repeats", f"must be >= 1, got {repeats}")
+    require(steps >= 1, "--steps", f"must be >= 1, got {steps}")
     tick = progress or (lambda msg: None)
     if calibrate:
         ensure_microbenchmarks(store_path, {max(2, c.strategy.max_gpus) for c in configs},
@@ -306,7 +307,6 @@ def validate(configs: list, store_path: Path, work_dir: Path, model: ModelSpec |
         path = work_dir / f"plan_{i}.json"
         save_plan(plan, path)
         plans.append((plan, path, pred))
-    require(steps >= 1, "--steps", f"must be >= 1, got {steps}")
     runs, last = _measure(plans, store_path, repeats, tick,
                           runner or functools.partial(run_executor, steps=steps), steps)
     store = Store(store_path)

@@ -54,29 +54,37 @@ def test_a_locked_store_waits_then_says_so_in_one_line(tmp_path):
     assert r["seconds"] < 30
 
 
-def test_a_store_created_by_another_process_meanwhile_is_opened_not_recreated(tmp_path):
+def test_a_store_created_by_another_process_meanwhile_is_opened_not_recreated(tmp_path,
+                                                                            monkeypatch):
     """Two processes open the same new file at once: both see no tables; the one that gets
     the write lock second must find the other's schema, not create it again ('table meta
     already exists' failed one of two concurrent writers in a CI run).  Made deterministic:
-    a connection holds the write lock on the empty file and creates the schema only after
-    Store() has looked."""
+    a connection holds the write lock on the empty file and creates the schema only once
+    Store() has looked (its first table listing), then commits."""
     import sqlite3
     import threading
-    import time
+    import calibration.store as store_module
     from calibration.store import Store, create_schema
 
     path = tmp_path / "s.sqlite"
     holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     holder.execute("BEGIN IMMEDIATE")
-    done = threading.Event()
+    looked, done = threading.Event(), threading.Event()
+    table_names = store_module._table_names
 
-    def create_later():
-        time.sleep(0.5)                    # Store() below has seen an empty file by now
+    def first_look(conn):
+        names = table_names(conn)
+        looked.set()
+        return names
+    monkeypatch.setattr(store_module, "_table_names", first_look)
+
+    def create_once_looked():
+        looked.wait(60)
         create_schema(holder)
         holder.execute("COMMIT")
         done.set()
 
-    threading.Thread(target=create_later).start()
+    threading.Thread(target=create_once_looked).start()
     with Store(path) as store:
         with store.run(kind="microbench") as run:
             run.add_sample(op="host_op", params={}, times_s=[1e-6])

@@ -145,7 +145,7 @@ def unit_process(machine: Machine, coster: Coster, schedule: Schedule, unit: str
         if op is None:
             break
         issued = len(op.lanes) if single and op.lanes else 1
-        if machine.host_s or machine.post_s:
+        if machine.host_s or machine.post_s:      # no process per op where there is none
             yield from machine.host(unit, issued, issued if op.kind in POSTS + BLOCKING else 0)
         if op.kind in COLLECTIVES:
             yield from machine.collective(cost, unit, op.mb, op.layer, op.kind)
