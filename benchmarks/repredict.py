@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from calibration.errors import InputError, read_json, require  # noqa: E402
 from calibration.profile import load_profile  # noqa: E402
 from calibration.store import Store  # noqa: E402
 from planner.loopfit import METRICS, _err, refit_inputs, summarize  # noqa: E402
@@ -33,19 +33,35 @@ def main() -> None:
     p.add_argument("report")
     p.add_argument("--store", default=None)
     a = p.parse_args()
-    report = json.loads(Path(a.report).read_text())
+    try:
+        repredict(a.report, a.store)
+    except InputError as err:               # bad input: one line, status 2
+        sys.stderr.write(f"repredict: error: {err}\n")
+        sys.exit(2)
+
+
+def repredict(report_path: str, store_path: str | None) -> None:
+    report = read_json(report_path, "report")
+    require(isinstance(report, dict) and isinstance(report.get("configs"), list)
+            and isinstance(report.get("mape"), dict), "report",
+            f"{report_path} is not the JSON `fapool validate --json` prints")
+    for i, r in enumerate(report["configs"]):
+        require(isinstance(r, dict) and {"label", "kind", "family", "pair", "seq_len",
+                                         "run_ids", "measured", "error_pct"} <= set(r),
+                f"report.configs.{i}", "not a configuration of a validate report")
+    require(store_path is not None or isinstance(report.get("store"), str), "--store",
+            "the report names no store; give --store")
     model, profile = PRESETS["tiny"], load_profile("local")
     by_label = {c.label: c for c in default_configs(quick=True)}
     missing = [r["label"] for r in report["configs"] if r["label"] not in by_label]
-    if missing:
-        sys.exit(f"report: configurations {missing} are not --quick's; re-predict only "
-                 "reports of `fapool validate --quick`")
+    require(not missing, "report", f"configurations {missing} are not --quick's; re-predict "
+            "only reports of `fapool validate --quick`")
     configs = [by_label[r["label"]] for r in report["configs"]]
     configs = [dataclasses.replace(c, strategy=resolve_microbatches(
         c.spec(model), c.strategy, c.workload, profile)) for c in configs]
     rows = [{k: r[k] for k in ("label", "kind", "family", "pair", "seq_len", "run_ids",
                                "measured")} for r in report["configs"]]
-    store = Store(Path(a.store or report["store"]), readonly=True)
+    store = Store(Path(store_path or report["store"]), readonly=True)
     try:
         inputs = refit_inputs(store, [rid for r in rows for rid in r["run_ids"]])
     finally:

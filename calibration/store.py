@@ -245,7 +245,8 @@ class Store:
                     create_schema(conn)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:          # else SQLite's own error is the one to tell
+                    conn.execute("ROLLBACK")
                 raise
             tables = _table_names(conn)
         if "meta" not in tables:
